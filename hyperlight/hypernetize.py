@@ -1,0 +1,344 @@
+"""`hypernetize`: turn chosen parameters of an existing model into externals, and the way back.
+
+Only the chosen modules change class (`nn.Linear` -> `HypernetizedLinear`), plus the root so that it has
+the HyperModule API (`external_shapes`, `set_externals`, ...). Everything else is untouched, and
+`unhypernetize` restores the original classes, parameters and `state_dict` keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from .nn.external import ExternalParameter
+from .nn.hypernetized import HypernetizedModule, LowRankModule, hypernetized_class, linear_like
+from .nn.module import HyperModule, drop_external_state, init_external_state
+
+ModuleSelection = Union[nn.Module, Mapping[str, nn.Module], Iterable[Union[nn.Module, tuple[str, nn.Module]]]]
+ParameterSelection = Union[nn.Parameter, Mapping[str, nn.Parameter], Iterable[Union[nn.Parameter, str]]]
+
+_ORIGINAL = "hl_original_"  # prefix of the non-persistent buffers that keep pretrained values
+
+
+def _as_list(selection: Any, kind: type) -> list[Any]:
+    if selection is None:
+        return []
+    if isinstance(selection, kind):
+        return [selection]
+    if isinstance(selection, Mapping):
+        return list(selection.values())
+    items = []
+    for item in selection:
+        if isinstance(item, tuple) and len(item) == 2:  # (name, object) pairs, as find_* used to return
+            item = item[1]
+        items.append(item)
+    return items
+
+
+def _select(model: nn.Module, modules: Any, parameters: Any) -> list[tuple[str, list[str]]]:
+    """Resolve the selection to `[(module name, [parameter names])]` in model order."""
+    given_modules = _as_list(modules, nn.Module)
+    given_params = _as_list(parameters, nn.Parameter)
+    named = list(model.named_modules())
+    module_ids = {id(m) for _, m in named}
+    param_ids: dict[int, str] = {}
+    for prefix, m in named:
+        for pname, p in m._parameters.items():
+            if p is not None:
+                param_ids.setdefault(id(p), f"{prefix}.{pname}" if prefix else pname)
+
+    selected_modules: set[int] = set()
+    for m in given_modules:
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"modules must hold nn.Module objects, got {type(m).__name__}")
+        if id(m) not in module_ids:
+            raise ValueError(f"{type(m).__name__} given in modules= is not part of the model being hypernetized")
+        below = list(m.modules())
+        if not any(p is not None for sub in below for p in sub._parameters.values()):
+            if any(isinstance(sub, HyperModule) and sub._externals for sub in below):
+                raise ValueError(
+                    f"{type(m).__name__} given in modules= is already hypernetized (it has externals and no "
+                    "parameters left); a parameter can only be hypernetized once"
+                )
+            raise ValueError(f"{type(m).__name__} given in modules= has no parameters to hypernetize")
+        selected_modules.update(id(sub) for sub in below)
+
+    selected_params: set[int] = set()
+    for p in given_params:
+        if isinstance(p, str):
+            raise TypeError(f"parameters must be nn.Parameter objects, got the string {p!r}; use hypernetize_single")
+        if not isinstance(p, nn.Parameter):
+            raise TypeError(f"parameters must hold nn.Parameter objects, got {type(p).__name__}")
+        if id(p) not in param_ids:
+            raise ValueError(
+                f"a parameter of shape {tuple(p.shape)} given in parameters= is not a parameter of the model "
+                "(was it hypernetized already? a parameter can only be hypernetized once)"
+            )
+        selected_params.add(id(p))
+
+    plan = []
+    for prefix, m in named:
+        names = [
+            pname
+            for pname, p in m._parameters.items()
+            if p is not None and (id(m) in selected_modules or id(p) in selected_params)
+        ]
+        if names:
+            plan.append((prefix, names))
+    if not plan:
+        raise ValueError(
+            "nothing to hypernetize: pass modules=[...] and/or parameters=[...] that hold parameters of the model "
+            "(find_modules_of_type / find_modules_from_patterns / find_parameters_from_patterns help)"
+        )
+    return plan
+
+
+def _full(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _swap_class(module: nn.Module, kind: str) -> None:
+    if isinstance(module, HypernetizedModule):
+        if module._hl_kind != kind:
+            raise ValueError(
+                f"{type(module).__name__} is already hypernetized as '{module._hl_kind}'; "
+                f"it cannot also take '{kind}' externals"
+            )
+        return
+    if isinstance(module, HyperModule):  # user-written HyperModules keep their class
+        init_external_state(module)
+        return
+    module.__dict__["_hl_param_order"] = list(module._parameters)
+    module.__dict__["_hl_requires_grad"] = {n: p.requires_grad for n, p in module._parameters.items() if p is not None}
+    module.__class__ = hypernetized_class(type(module), kind)
+    init_external_state(module)
+
+
+def _externalize(module: nn.Module, names: list[str], *, keep_original: bool) -> dict[str, Tensor]:
+    _swap_class(module, "full")
+    values = {}
+    for name in names:
+        param = module._parameters.pop(name)
+        if keep_original:
+            module.register_buffer(f"{_ORIGINAL}{name}", param.detach(), persistent=False)
+        module.register_external(name, ExternalParameter(tuple(param.shape)))
+        values[name] = param.detach()
+    return values
+
+
+def _add_lowrank(module: nn.Module, rank: int, alpha: float | None, dropout: float) -> dict[str, Tensor]:
+    spec = linear_like(module)
+    if spec is None:
+        raise TypeError(
+            f"low-rank externals need a linear-like layer (nn.Linear or a type given to register_linear_like), "
+            f"got {type(module).__name__}"
+        )
+    fan_in, fan_out = spec.in_features(module), spec.out_features(module)
+    _swap_class(module, "lowrank")
+    module.register_external("lora_A", ExternalParameter((rank, fan_in)))
+    module.register_external("lora_B", ExternalParameter((fan_out, rank)))
+    module.__dict__["lora_scaling"] = (rank if alpha is None else alpha) / rank
+    module.__dict__["lora_dropout"] = float(dropout)
+    ref = module.weight
+    dtype = ref.dtype if ref.is_floating_point() else torch.float32
+    lora_a = torch.empty(rank, fan_in, dtype=dtype, device=ref.device)
+    if ref.device.type != "meta":
+        nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))  # PEFT's LoRA A init
+    lora_b = torch.zeros(fan_out, rank, dtype=dtype, device=ref.device)
+    return {"lora_A": lora_a, "lora_B": lora_b}
+
+
+def _ensure_root(model: nn.Module) -> None:
+    if not isinstance(model, HyperModule):
+        _swap_class(model, "full")
+
+
+def hypernetize(
+    model: nn.Module,
+    modules: ModuleSelection | None = None,
+    parameters: ParameterSelection | None = None,
+    *,
+    return_values: bool = False,
+    inplace: bool = True,
+    rank: int | None = None,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    keep_original: bool = True,
+) -> Any:
+    """Turn the parameters of `modules` (all parameters below each one) and `parameters` into externals.
+
+    Args:
+        model: any `nn.Module`; it becomes a HyperModule (`Hypernetized<Class>`) with the subtree API.
+        modules: modules of `model` (a list, a `find_*` dict, or one module); a container means every
+            parameter below it. A module that appears twice in the model is converted once.
+        parameters: individual `nn.Parameter`s of `model`.
+        return_values: also return `{full name: tensor}`, the pretrained values (for
+            `HyperNet.from_existing`); with `rank`, the identity initialisation of the factors instead.
+        inplace: convert `model` itself (default) or a deep copy, leaving `model` untouched.
+        rank: instead of externalizing weights, keep them and add low-rank externals `lora_A` (rank, in) and
+            `lora_B` (out, rank) to each selected linear-like layer: `y = base(x) + s * (x Aᵀ) Bᵀ`.
+        alpha: LoRA alpha; `s = alpha / rank` (default alpha = rank, so s = 1).
+        dropout: dropout on the low-rank branch's input while training.
+        keep_original: keep pretrained values (non-persistent buffers) so `unhypernetize` can restore them.
+
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> model = hypernetize(model, modules=[model[0]])
+    >>> model.external_shapes()
+    {'0.weight': (8, 4), '0.bias': (8,)}
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0):
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    plan = _select(model, modules, parameters)
+    if not inplace:
+        model = copy.deepcopy(model)
+    named = dict(model.named_modules())
+
+    values: dict[str, Tensor] = {}
+    for prefix, names in plan:
+        module = named[prefix]
+        if rank is None:
+            created = _externalize(module, names, keep_original=keep_original)
+        else:
+            if "weight" not in names:
+                raise ValueError(f"low-rank externals attach to a layer's weight; '{prefix}' was selected without it")
+            created = _add_lowrank(module, rank, alpha, dropout)
+        values.update({_full(prefix, n): v for n, v in created.items()})
+    _ensure_root(model)
+    model._index(refresh=True)
+    return (model, values) if return_values else model
+
+
+def hypernetize_single(
+    module: nn.Module,
+    parameters: Iterable[str | nn.Parameter] | None = None,
+    *,
+    return_values: bool = False,
+    keep_original: bool = True,
+) -> Any:
+    """Hypernetize `module`'s own parameters (by name or object; all of them by default), not its children's.
+
+    >>> from torch import nn
+    >>> layer = hypernetize_single(nn.Linear(8, 16), ["weight"])
+    >>> layer.external_shapes()
+    {'weight': (16, 8)}
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    own = {n: p for n, p in module._parameters.items() if p is not None}
+    if parameters is None:
+        names = list(own)
+    else:
+        names = []
+        for item in _as_list(parameters, (str, nn.Parameter)):
+            if isinstance(item, str):
+                if item not in own:
+                    raise KeyError(f"{type(module).__name__} has no parameter '{item}'; it has {list(own)}")
+                names.append(item)
+            else:
+                match = [n for n, p in own.items() if p is item]
+                if not match:
+                    raise ValueError(f"a parameter given is not one of {type(module).__name__}'s own {list(own)}")
+                names.append(match[0])
+    if not names:
+        raise ValueError(f"nothing to hypernetize: {type(module).__name__} has no parameters of its own left")
+    values = _externalize(module, list(dict.fromkeys(names)), keep_original=keep_original)
+    module._index(refresh=True)
+    return (module, values) if return_values else module
+
+
+def merged_lowrank_weight(module: nn.Module, lora_a: Tensor, lora_b: Tensor) -> Tensor:
+    """The weight of a low-rank layer with its update folded in: W + s·B·A (transposed for (in, out) layouts)."""
+    spec = linear_like(module)
+    delta = (lora_b.to(torch.float32) @ lora_a.to(torch.float32)) * module.__dict__.get("lora_scaling", 1.0)
+    if spec is not None and spec.transposed:
+        delta = delta.T
+    weight = module.weight
+    return (weight.to(torch.float32) + delta.to(weight.device)).to(weight.dtype)
+
+
+def unhypernetize(
+    model: nn.Module, values: Mapping[str, Tensor] | None = None, *, inplace: bool = True
+) -> nn.Module:
+    """The way back: a plain model with the original classes and `state_dict` keys.
+
+    Full externals take `values[name]` when given, else the pretrained values kept by `hypernetize`.
+    Low-rank layers fold `values[...lora_A/lora_B]` into their weight when given, else keep it unchanged.
+
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 8))
+    >>> before = list(model.state_dict())
+    >>> plain = unhypernetize(hypernetize(model, modules=[model[0]]))
+    >>> type(plain).__name__, list(plain.state_dict()) == before
+    ('Sequential', True)
+    """
+    if not isinstance(model, HyperModule):
+        raise TypeError(f"expected a hypernetized model (a HyperModule), got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    given = dict(values or {})
+    known = set(model._index(refresh=True))
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise KeyError(f"values for unknown externals {unknown}; the model's externals are {sorted(known)}")
+    for name, value in given.items():
+        shape = model.external_shapes()[name]
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"shape mismatch for '{name}': expected {shape}, got {tuple(value.shape)} "
+                "(per-example values cannot be baked into one model; pick one example's value)"
+            )
+
+    for prefix, module in list(model.named_modules()):
+        if not isinstance(module, HypernetizedModule):
+            if isinstance(module, HyperModule) and module._externals and module is not model:
+                raise TypeError(
+                    f"'{prefix}' is a user-defined {type(module).__name__}; it has no plain twin to restore"
+                )
+            continue
+        _restore(module, prefix, given)
+    return model
+
+
+def _restore(module: nn.Module, prefix: str, given: Mapping[str, Tensor]) -> None:
+    if isinstance(module, LowRankModule):
+        a_name, b_name = _full(prefix, "lora_A"), _full(prefix, "lora_B")
+        if (a_name in given) != (b_name in given):
+            raise KeyError(f"give both '{a_name}' and '{b_name}' to fold a low-rank update, or neither")
+        if a_name in given:
+            merged = merged_lowrank_weight(module, given[a_name], given[b_name])
+            module.weight = nn.Parameter(merged, requires_grad=module.weight.requires_grad)
+        for key in ("lora_scaling", "lora_dropout"):
+            module.__dict__.pop(key, None)
+    else:
+        requires_grad = module.__dict__.get("_hl_requires_grad", {})
+        for name in list(module._externals):
+            full = _full(prefix, name)
+            original = module._buffers.pop(f"{_ORIGINAL}{name}", None)
+            if full in given:
+                value = given[full]
+            elif original is not None:
+                value = original
+            else:
+                raise KeyError(
+                    f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True"
+                )
+            module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=requires_grad.get(name, True))
+    order = module.__dict__.get("_hl_param_order", [])
+    params = module._parameters
+    module.__dict__["_parameters"] = {n: params[n] for n in order if n in params} | {
+        n: p for n, p in params.items() if n not in order
+    }
+    for key in ("_hl_param_order", "_hl_requires_grad"):
+        module.__dict__.pop(key, None)
+    drop_external_state(module)
+    module.__class__ = module._hl_base
