@@ -4,6 +4,7 @@ The core (this namespace) needs only torch; `hyperlight.integrations` holds the 
 imports those frameworks lazily.
 """
 
+from ._version import __version__ as __version__
 from .find import find_modules_from_patterns as find_modules_from_patterns
 from .find import find_modules_of_type as find_modules_of_type
 from .find import find_parameters_from_patterns as find_parameters_from_patterns
@@ -12,6 +13,9 @@ from .hypernet import Hypernet as Hypernet
 from .hypernetize import hypernetize as hypernetize
 from .hypernetize import hypernetize_single as hypernetize_single
 from .hypernetize import unhypernetize as unhypernetize
+from .integrations import HyperConfig as HyperConfig
+from .integrations import HyperModel as HyperModel
+from .integrations import get_hyper_model as get_hyper_model
 from .nn import ExternalParameter as ExternalParameter
 from .nn import HyperConv1d as HyperConv1d
 from .nn import HyperConv2d as HyperConv2d
@@ -22,15 +26,16 @@ from .nn import HyperModule as HyperModule
 from .nn import UninitializedExternalError as UninitializedExternalError
 from .nn import register_linear_like as register_linear_like
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ExternalParameter",
+    "HyperConfig",
     "HyperConv1d",
     "HyperConv2d",
     "HyperConv3d",
     "HyperEmbedding",
     "HyperLinear",
+    "HyperModel",
     "HyperModule",
     "HyperNet",
     "Hypernet",
@@ -39,6 +44,7 @@ __all__ = [
     "find_modules_from_patterns",
     "find_modules_of_type",
     "find_parameters_from_patterns",
+    "get_hyper_model",
     "hypernetize",
     "hypernetize_single",
     "register_linear_like",

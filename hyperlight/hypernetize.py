@@ -131,13 +131,21 @@ def _externalize(module: nn.Module, names: list[str], *, keep_original: bool) ->
     return values
 
 
-def _add_lowrank(module: nn.Module, rank: int, alpha: float | None, dropout: float) -> dict[str, Tensor]:
-    spec = linear_like(module)
-    if spec is None:
+def _check_lowrank_target(module: nn.Module, prefix: str, names: list[str]) -> None:
+    where = f"'{prefix}'" if prefix else "the model"
+    if linear_like(module) is None:
         raise TypeError(
             f"low-rank externals need a linear-like layer (nn.Linear or a type given to register_linear_like), "
-            f"got {type(module).__name__}"
+            f"got {type(module).__name__} at {where}"
         )
+    if isinstance(module, LowRankModule):
+        raise ValueError(f"{where} already has low-rank externals; a layer can only be hypernetized once")
+    if "weight" not in names:
+        raise ValueError(f"low-rank externals attach to a layer's weight; {where} was selected without it")
+
+
+def _add_lowrank(module: nn.Module, rank: int, alpha: float | None, dropout: float) -> dict[str, Tensor]:
+    spec = linear_like(module)
     fan_in, fan_out = spec.in_features(module), spec.out_features(module)
     _swap_class(module, "lowrank")
     module.register_external("lora_A", ExternalParameter((rank, fan_in)))
@@ -169,6 +177,7 @@ def hypernetize(
     alpha: float | None = None,
     dropout: float = 0.0,
     keep_original: bool = True,
+    convert_root: bool = True,
 ) -> Any:
     """Turn the parameters of `modules` (all parameters below each one) and `parameters` into externals.
 
@@ -185,6 +194,8 @@ def hypernetize(
         alpha: LoRA alpha; `s = alpha / rank` (default alpha = rank, so s = 1).
         dropout: dropout on the low-rank branch's input while training.
         keep_original: keep pretrained values (non-persistent buffers) so `unhypernetize` can restore them.
+        convert_root: give the root the HyperModule API (default). Wrappers that manage externals
+            themselves (the Transformers plug-in) leave the root's class alone.
 
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -199,6 +210,13 @@ def hypernetize(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     plan = _select(model, modules, parameters)
+    named = dict(model.named_modules())
+    for prefix, names in plan:  # check every target before changing any: a bad selection leaves the model as it was
+        if rank is not None:
+            _check_lowrank_target(named[prefix], prefix, names)
+        elif isinstance(named[prefix], LowRankModule):
+            where = f"'{prefix}'" if prefix else "the model"
+            raise ValueError(f"{where} already has low-rank externals; it cannot also take full externals")
     if not inplace:
         model = copy.deepcopy(model)
     named = dict(model.named_modules())
@@ -209,12 +227,11 @@ def hypernetize(
         if rank is None:
             created = _externalize(module, names, keep_original=keep_original)
         else:
-            if "weight" not in names:
-                raise ValueError(f"low-rank externals attach to a layer's weight; '{prefix}' was selected without it")
             created = _add_lowrank(module, rank, alpha, dropout)
         values.update({_full(prefix, n): v for n, v in created.items()})
-    _ensure_root(model)
-    model._index(refresh=True)
+    if convert_root:
+        _ensure_root(model)
+        model._index(refresh=True)
     return (model, values) if return_values else model
 
 
@@ -281,17 +298,17 @@ def unhypernetize(
     >>> type(plain).__name__, list(plain.state_dict()) == before
     ('Sequential', True)
     """
-    if not isinstance(model, HyperModule):
-        raise TypeError(f"expected a hypernetized model (a HyperModule), got {type(model).__name__}")
+    if not isinstance(model, nn.Module) or not any(isinstance(m, HypernetizedModule) for m in model.modules()):
+        raise TypeError(f"expected a hypernetized model, got a {type(model).__name__} with no hypernetized modules")
     if not inplace:
         model = copy.deepcopy(model)
     given = dict(values or {})
-    known = set(model._index(refresh=True))
-    unknown = sorted(set(given) - known)
+    shapes = external_shapes_of(model)
+    unknown = sorted(set(given) - set(shapes))
     if unknown:
-        raise KeyError(f"values for unknown externals {unknown}; the model's externals are {sorted(known)}")
+        raise KeyError(f"values for unknown externals {unknown}; the model's externals are {sorted(shapes)}")
     for name, value in given.items():
-        shape = model.external_shapes()[name]
+        shape = shapes[name]
         if tuple(value.shape) != shape:
             raise ValueError(
                 f"shape mismatch for '{name}': expected {shape}, got {tuple(value.shape)} "
@@ -307,6 +324,16 @@ def unhypernetize(
             continue
         _restore(module, prefix, given)
     return model
+
+
+def external_shapes_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """`{full name: shape}` of every external below `model`, whether or not `model` is a HyperModule."""
+    return {
+        _full(prefix, name): ext.shape
+        for prefix, module in model.named_modules()
+        if isinstance(module, HyperModule)
+        for name, ext in module._externals.items()
+    }
 
 
 def _restore(module: nn.Module, prefix: str, given: Mapping[str, Tensor]) -> None:

@@ -153,9 +153,11 @@ class HyperNet(nn.Module):
                     raise ValueError(f"shape mismatch for '{name}': output_shapes says {shape}, weight is {actual[name]}")
             output_shapes = declared
         net = cls(input_shapes, output_shapes, hidden_sizes, delta_init=delta_init, **kwargs)
-        net.set_independent_weights(weights)
         dtypes = {w.dtype for w in weights.values()}
-        if len(dtypes) == 1 and (dtype := dtypes.pop()) != torch.float32:
+        if dtypes == {torch.float64}:
+            net.double()  # fp32 master values would round fp64 weights: the outputs would not be bit for bit
+        net.set_independent_weights(weights)
+        if len(dtypes) == 1 and (dtype := dtypes.pop()) != net.theta0.dtype:
             net.output_dtype = dtype  # θ0 keeps fp32 master values; outputs match the pretrained dtype
         return net
 
@@ -168,7 +170,7 @@ class HyperNet(nn.Module):
         for name, shape in self.output_shapes.items():
             if tuple(weights[name].shape) != shape:
                 raise ValueError(f"shape mismatch for '{name}': expected {shape}, got {tuple(weights[name].shape)}")
-        flat = [weights[n].detach().to(self.theta0.device, torch.float32).flatten() for n in self.output_shapes]
+        flat = [weights[n].detach().to(self.theta0.device, self.theta0.dtype).flatten() for n in self.output_shapes]
         with torch.no_grad():
             self.theta0.copy_(torch.cat(flat) if flat else self.theta0)
 

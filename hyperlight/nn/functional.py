@@ -22,13 +22,20 @@ def batch_size_of(*tensors: Tensor | None, unbatched_dims: Sequence[int]) -> int
     return batch
 
 
-def check_input_batch(x: Tensor, batch: int, what: str) -> None:
-    if x.dim() == 0 or x.shape[0] != batch:
+def check_input_batch(x: Tensor, batch: int, what: str) -> int:
+    """How many input rows share each per-example weight: 1 normally, k when the input batch is k·B.
+
+    An input batch that is a multiple k of the weight batch B uses weight b for rows b·k … b·k+k−1: the
+    layout of `repeat_interleave`, which beam search and `num_return_sequences` use to expand a batch.
+    """
+    if x.dim() == 0 or x.shape[0] % batch != 0:
         got = tuple(x.shape)
         raise ValueError(
             f"{what}: per-example weights were set for a batch of {batch}, but the input has shape {got}; "
-            f"the input's first dimension must be the batch ({batch}), or set shared weights instead"
+            f"the input's first dimension must be the batch ({batch}, or a multiple of it for expanded "
+            "batches), or set shared weights instead"
         )
+    return x.shape[0] // batch
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -88,7 +95,10 @@ def conv(
     batch = batch_size_of(weight, bias, unbatched_dims=(ndim + 2, 1))
     if batch is None:
         return conv_fn(x, weight, bias, stride, padding, dilation, groups)
-    check_input_batch(x, batch, f"conv{ndim}d")
+    if (k := check_input_batch(x, batch, f"conv{ndim}d")) > 1:  # expanded batch: repeat each weight k times
+        weight = weight.repeat_interleave(k, 0) if weight.dim() == ndim + 3 else weight
+        bias = bias.repeat_interleave(k, 0) if bias is not None and bias.dim() == 2 else bias
+        batch *= k
     if weight.dim() == ndim + 2:  # shared weight, per-example bias
         y = conv_fn(x, weight, None, stride, padding, dilation, groups)
     else:

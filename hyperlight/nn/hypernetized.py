@@ -84,7 +84,7 @@ class HypernetizedModule(HyperModule):
             return ""
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
-        return (_rebuild, (self._hl_kind, self._hl_base), self.__dict__.copy())
+        return (_rebuild, (self._hl_kind, self._hl_base), self.__getstate__())
 
 
 class LowRankModule(HypernetizedModule):

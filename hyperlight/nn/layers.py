@@ -87,7 +87,8 @@ class HyperLinear(HyperModule):
         return linear_forward(self, x)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        bias = "bias" in self._externals  # not `self.bias`: reading an unset external raises
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
 
 
 class _HyperConvNd(HyperModule):

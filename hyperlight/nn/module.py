@@ -102,6 +102,16 @@ class HyperModule(nn.Module):
             return
         super().__delattr__(name)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (deepcopy, pickle, torch.save) carry the declarations, not the values: values are run-time
+        # inputs, usually non-leaf outputs of a hypernetwork that deepcopy refuses ("best = deepcopy(model)"
+        # after a training step would fail). Set them again on the copy.
+        state = super().__getstate__()
+        if "_external_values" in state:
+            state["_external_values"] = {}
+            state["_external_batch"] = None
+        return state
+
     def register_external(self, name: str, external: ExternalParameter) -> None:
         """Declare `name` as an external of this module (replacing a parameter of that name, if any)."""
         if "_externals" not in self.__dict__:

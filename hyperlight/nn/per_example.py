@@ -46,6 +46,12 @@ def per_example_forward(
 ) -> Any:
     """Run `forward(*args, **kwargs)` once per example under `vmap`, example b with externals b."""
     entries = _batched_entries(root, batch)
+    first = next((t for t in _flatten((args, kwargs)) if isinstance(t, Tensor) and t.dim() > 0), None)
+    if first is not None and first.shape[0] != batch and first.shape[0] % batch == 0:
+        # an expanded batch (beam search, num_return_sequences): rows b·k … b·k+k−1 share weight b
+        k = first.shape[0] // batch
+        entries = [(m, n, v.repeat_interleave(k, 0)) for m, n, v in entries]
+        batch *= k
     if not any(isinstance(d, int) for d in _flatten(_in_dims((args, kwargs), batch))):
         raise ValueError(
             f"{type(root).__name__}: per-example externals were set for a batch of {batch}, but no input "
@@ -69,7 +75,29 @@ def per_example_forward(
 
     values = [v for _, _, v in entries]
     in_dims = (0, _in_dims(args, batch), _in_dims(kwargs, batch))
-    return torch.func.vmap(one_example, in_dims=in_dims, randomness="different")(values, args, kwargs)
+    # each example runs as a batch of one, `(1, ...)`, exactly as `module(x[b:b+1])` would: modules that need
+    # a batch dimension (BatchNorm, batch-first attention, user code reading x.shape[0]) work unchanged
+    args, kwargs = _map(args, _keep_batch_dim, batch), _map(kwargs, _keep_batch_dim, batch)
+    out = torch.func.vmap(one_example, in_dims=in_dims, randomness="different")(values, args, kwargs)
+    return _map(out, _drop_batch_dim, batch)
+
+
+def _keep_batch_dim(t: Tensor, batch: int) -> Tensor:
+    return t.unsqueeze(1) if t.dim() > 0 and t.shape[0] == batch else t  # (B, ...) -> (B, 1, ...)
+
+
+def _drop_batch_dim(t: Tensor, batch: int) -> Tensor:
+    return t.squeeze(1) if t.dim() > 1 and t.shape[1] == 1 else t  # (B, 1, ...) -> (B, ...)
+
+
+def _map(tree: Any, fn: Callable[[Tensor, int], Tensor], batch: int) -> Any:
+    if isinstance(tree, Tensor):
+        return fn(tree, batch)
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map(t, fn, batch) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _map(v, fn, batch) for k, v in tree.items()}
+    return tree
 
 
 def _flatten(tree: Any) -> list[Any]:

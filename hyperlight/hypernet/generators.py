@@ -1,0 +1,160 @@
+"""Generators: map a condition embedding `z (U, D)` to every external of a hypernetized model.
+
+`SharedGenerator` (the default): one trunk shared by all targets, fed with z plus a learned layer-index
+embedding and a module-type embedding, and one head per module type. Its size does not grow with depth,
+and all layers of a type are generated in one batched pass (layers are a batch dimension).
+
+`PerTargetGenerator`: one `HyperNet` per target module, for small models or when targets must not share.
+
+Both start at identity: low-rank `lora_B` is exactly zero and full tensors are exactly the pretrained
+values, so the hyper model reproduces the base model for every condition before training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.external import Shape
+from .hypernet import HyperNet
+from .init import initial_value
+
+
+@dataclass
+class GeneratorTarget:
+    """One module whose externals a generator predicts."""
+
+    name: str  # dotted module name in the base model
+    type_key: str  # module name with the layer index wildcarded: targets of one type share a head
+    layer: int  # layer index (0 for modules outside numbered layers)
+    shapes: dict[str, Shape]  # external local name -> shape
+    base: dict[str, Tensor] = field(default_factory=dict)  # full mode: pretrained values (θ = base + Δ)
+
+
+def _numel(shape: Shape) -> int:
+    return math.prod(shape)
+
+
+class _TypeHead(nn.Module):
+    """Emits every external of the targets of one module type: `(U, N, numel)` -> per target slices."""
+
+    def __init__(self, targets: list[GeneratorTarget], hidden: int) -> None:
+        super().__init__()
+        self.target_names = [t.name for t in targets]
+        self.shapes = dict(targets[0].shapes)
+        self.offsets = []
+        offset = 0
+        for shape in self.shapes.values():
+            self.offsets.append((offset, _numel(shape)))
+            offset += _numel(shape)
+        self.proj = nn.Linear(hidden, offset, bias=False)
+        full = bool(targets[0].base)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            if full:
+                base = torch.stack([torch.cat([t.base[n].flatten() for n in self.shapes]) for t in targets])
+                self.register_buffer("base", base, persistent=False)  # (N, numel), frozen pretrained values
+                self.theta0 = None
+            else:
+                self.base = None
+                theta0 = [initial_value(n, s).flatten() for n, s in self.shapes.items()]
+                self.theta0 = nn.Parameter(torch.cat(theta0))  # shared start for every layer of this type
+                for (name, shape), (start, size) in zip(self.shapes.items(), self.offsets):
+                    if name == "lora_A":  # per-layer, per-condition variety of A; B's rows stay zero (identity)
+                        std = 1.0 / math.sqrt(3 * shape[-1]) / math.sqrt(hidden)
+                        self.proj.weight[start : start + size].normal_(0.0, std)
+
+    def forward(self, h: Tensor) -> dict[str, dict[str, Tensor]]:
+        flat = self.proj(h)  # (U, N, numel)
+        if self.base is not None:
+            flat = self.base.to(flat.dtype) + flat
+        else:
+            flat = self.theta0 + flat
+        out: dict[str, dict[str, Tensor]] = {}
+        pieces = {
+            name: flat.narrow(-1, start, size).unflatten(-1, shape)
+            for (name, shape), (start, size) in zip(self.shapes.items(), self.offsets)
+        }
+        for i, target in enumerate(self.target_names):
+            out[target] = {name: piece[:, i] for name, piece in pieces.items()}  # (U, *shape)
+        return out
+
+
+class SharedGenerator(nn.Module):
+    """One trunk for all targets: h = MLP([z; layer embedding; type embedding]), then a head per type."""
+
+    def __init__(
+        self,
+        targets: Sequence[GeneratorTarget],
+        condition_dim: int,
+        *,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        layer_embedding_dim: int = 16,
+        type_embedding_dim: int = 16,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not targets:
+            raise ValueError("a generator needs at least one target")
+        groups: dict[str, list[GeneratorTarget]] = {}
+        for t in targets:
+            groups.setdefault(t.type_key, []).append(t)
+        for key, members in groups.items():
+            if any(m.shapes != members[0].shapes for m in members):
+                raise ValueError(f"targets of type '{key}' have different external shapes; they cannot share a head")
+        self.type_keys = list(groups)
+        num_layers_seen = max(t.layer for t in targets) + 1
+        self.layer_embedding = nn.Embedding(num_layers_seen, layer_embedding_dim)
+        self.type_embedding = nn.Embedding(len(groups), type_embedding_dim)
+        nn.init.normal_(self.layer_embedding.weight, std=1.0)
+        nn.init.normal_(self.type_embedding.weight, std=1.0)
+        # the first trunk layer is split by input part, so z is projected once per example, not per target
+        self.z_proj = nn.Linear(condition_dim, hidden_size)
+        self.position_proj = nn.Linear(layer_embedding_dim + type_embedding_dim, hidden_size, bias=False)
+        self.act = nn.SiLU()
+        blocks: list[nn.Module] = []
+        for _ in range(max(num_layers - 1, 0)):
+            blocks += [nn.Linear(hidden_size, hidden_size), nn.SiLU()]
+            if dropout:
+                blocks.append(nn.Dropout(dropout))
+        self.trunk = nn.Sequential(*blocks)
+        self.heads = nn.ModuleList(_TypeHead(groups[k], hidden_size) for k in self.type_keys)
+        for i, key in enumerate(self.type_keys):
+            layers = torch.tensor([t.layer for t in groups[key]])
+            self.register_buffer(f"layers_{i}", layers, persistent=False)
+
+    def forward(self, z: Tensor) -> dict[str, dict[str, Tensor]]:
+        """`z (U, D)` -> `{target module: {external: (U, *shape)}}` for every target."""
+        hz = self.z_proj(z)  # (U, H)
+        out: dict[str, dict[str, Tensor]] = {}
+        for i, head in enumerate(self.heads):
+            layers = getattr(self, f"layers_{i}")  # (N,)
+            kind = self.type_embedding.weight[i].expand(layers.shape[0], -1)  # (N, d_t)
+            position = self.position_proj(torch.cat([self.layer_embedding(layers), kind], dim=-1))  # (N, H)
+            h = self.trunk(self.act(hz.unsqueeze(1) + position))  # (U, N, H)
+            out.update(head(h))
+        return out
+
+
+class PerTargetGenerator(nn.Module):
+    """One `HyperNet` per target module, each mapping z to that module's externals."""
+
+    def __init__(self, targets: Sequence[GeneratorTarget], condition_dim: int, *, hidden_size: int = 64) -> None:
+        super().__init__()
+        self.nets = nn.ModuleDict()
+        self.target_names: dict[str, str] = {}
+        for t in targets:
+            initial = t.base or {n: initial_value(n, s) for n, s in t.shapes.items()}
+            key = t.name.replace(".", "__")
+            self.nets[key] = HyperNet.from_existing(
+                {n: v.float() for n, v in initial.items()}, {"z": (condition_dim,)}, [hidden_size], encoding=None
+            )
+            self.target_names[key] = t.name
+
+    def forward(self, z: Tensor) -> dict[str, dict[str, Tensor]]:
+        return {self.target_names[key]: net(z=z) for key, net in self.nets.items()}

@@ -1,0 +1,368 @@
+"""`HyperModel`: a pretrained model whose selected weights are predicted per example from conditions.
+
+The PEFT triad: `HyperConfig` (config.py) says what, `hypernetize` (the core) turns the targets into
+externals (low-rank `lora_A`/`lora_B` on frozen weights, or full tensors), and this wrapper owns the
+condition encoder and generator, sets the externals from the conditions of each call, and saves,
+merges and exports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._version import __version__
+from ..hypernet.conditions import ConditionEncoder
+from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
+from ..hypernetize import hypernetize, unhypernetize
+from ..nn.module import HyperModule
+from .config import CONFIG_NAME, HyperConfig
+from .io import WEIGHTS_NAME, load_tensors, save_json, save_tensors
+from .selection import layer_index, select_modules, type_key
+
+_BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
+
+
+def _register_transformers_layers() -> None:
+    """Teach the core about Transformers' linear-like layers (GPT-2's Conv1D stores its weight as (in, out))."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # Transformers is optional for plain torch models
+        return
+    from ..nn.hypernetized import LINEAR_LIKE, register_linear_like
+
+    if Conv1D not in LINEAR_LIKE:
+        register_linear_like(
+            Conv1D, in_features=lambda m: m.weight.shape[0], out_features=lambda m: m.weight.shape[1], transposed=True
+        )
+
+
+def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
+    for key in _BATCH_KEYS:
+        value = kwargs.get(key)
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.shape[0]
+    for value in args:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
+
+
+def _first_rows(inverse: Tensor, count: int) -> Tensor:
+    """For each unique row u, the index of its first occurrence in the batch."""
+    positions = torch.arange(inverse.shape[0], device=inverse.device)
+    return torch.full((count,), inverse.shape[0], device=inverse.device).scatter_reduce(0, inverse, positions, "amin")
+
+
+class HyperModel(nn.Module):
+    """A base model + a generator that predicts its target weights from conditions, per example.
+
+    Build it with `get_hyper_model(model, HyperConfig(...))`. Call it like the base model, adding one
+    keyword argument per condition (`hyper(input_ids=ids, task=torch.tensor([0, 3]))`); every row of a
+    batch gets the weights of its own condition. Attributes not found here are looked up on the base model.
+    """
+
+    def __init__(self, model: nn.Module, config: HyperConfig) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (e.g. AutoModelForCausalLM.from_pretrained(...)), got {model!r}")
+        if not isinstance(config, HyperConfig):
+            raise TypeError(f"config must be a HyperConfig, got {type(config).__name__}")
+        if any(isinstance(m, HyperModule) for m in model.modules()):
+            raise ValueError("this model already has externals (is it a HyperModel's base already?); load a fresh one")
+        _register_transformers_layers()
+        self.hyper_config = config
+        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
+
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        names = select_modules(
+            model,
+            config.target_modules,
+            exclude_modules=config.exclude_modules,
+            layers_to_transform=config.layers_to_transform,
+            require_linear=config.mode == "lora",
+            model_type=model_type,
+        )
+        targets = self._hypernetize(model, names)
+        self.base_model = model
+
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.device(device):
+            self.condition_encoder = ConditionEncoder(config.conditions, config.condition_dim)
+            dim = self.condition_encoder.out_features
+            if config.generator == "shared":
+                self.generator: nn.Module = SharedGenerator(
+                    targets,
+                    dim,
+                    hidden_size=config.hidden_size,
+                    num_layers=config.num_layers,
+                    layer_embedding_dim=config.layer_embedding_dim,
+                    type_embedding_dim=config.type_embedding_dim,
+                    dropout=config.hypernet_dropout,
+                )
+            else:
+                self.generator = PerTargetGenerator(targets, dim, hidden_size=config.hidden_size)
+        modules = dict(model.named_modules())
+        self._target_modules = {t.name: modules[t.name] for t in targets}
+        self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
+        self._target_dtypes = {
+            t.name: {k: v.dtype for k, v in t.base.items()} for t in targets
+        }  # full mode: cast generated tensors to the pretrained dtype
+
+    # -- construction -------------------------------------------------------------------------------
+
+    def _hypernetize(self, model: nn.Module, names: list[str]) -> list[GeneratorTarget]:
+        config = self.hyper_config
+        modules = dict(model.named_modules())
+        if config.mode == "lora":
+            hypernetize(
+                model,
+                modules=[modules[n] for n in names],
+                rank=config.rank,
+                alpha=config.alpha,
+                dropout=config.dropout,
+                convert_root=False,
+            )
+            targets = [
+                GeneratorTarget(n, type_key(n), layer_index(n) or 0, dict(modules[n].external_shapes()))
+                for n in names
+            ]
+        else:
+            chosen: dict[str, list[str]] = {}
+            for n in names:
+                own = [p for p, v in modules[n]._parameters.items() if v is not None]
+                wanted = own if config.target_parameters is None else [p for p in own if p in config.target_parameters]
+                if wanted:
+                    chosen[n] = wanted
+            if not chosen:
+                raise ValueError(
+                    f"target_parameters={config.target_parameters} matched no parameter of the selected modules "
+                    f"{names[:5]}; their parameters are e.g. {list(modules[names[0]]._parameters)}"
+                )
+            params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
+            _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False)
+            targets = []
+            for n, ps in chosen.items():
+                base = {p: values[f"{n}.{p}"] for p in ps}
+                shapes = {p: tuple(v.shape) for p, v in base.items()}
+                targets.append(GeneratorTarget(n, type_key(n), layer_index(n) or 0, shapes, base))
+        # modules that share a name pattern but not shapes (rare) get their own head
+        by_key: dict[str, set] = {}
+        for t in targets:
+            by_key.setdefault(t.type_key, set()).add(tuple(sorted(t.shapes.items())))
+        for t in targets:
+            if len(by_key[t.type_key]) > 1:
+                t.type_key = f"{t.type_key}|{sorted(t.shapes.items())}"
+        return targets
+
+    # -- conditions -> externals --------------------------------------------------------------------
+
+    @property
+    def condition_names(self) -> list[str]:
+        return self.condition_encoder.names
+
+    def generate_weights(self, batch_size: int | None = None, **conditions: Any) -> dict[str, dict[str, Tensor]]:
+        """`{target module: {external: tensor}}` for the given conditions.
+
+        Weights are computed once per distinct condition in the batch; a batch with one distinct
+        condition gets shared (unbatched) tensors, otherwise `(B, *shape)`.
+        """
+        checked = self.condition_encoder.check(conditions, batch_size)
+        keys = torch.cat([v.reshape(v.shape[0], -1).to(torch.float64) for v in checked.values()], dim=1)  # (B, K)
+        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        first = _first_rows(inverse, unique.shape[0])
+        z = self.condition_encoder({k: v[first] for k, v in checked.items()})  # (U, D)
+        generated = self.generator(z)
+        shared = unique.shape[0] == 1
+        out: dict[str, dict[str, Tensor]] = {}
+        for target, tensors in generated.items():
+            dtypes = self._target_dtypes.get(target, {})
+            out[target] = {
+                name: (value[0] if shared else value.index_select(0, inverse)).to(dtypes.get(name, value.dtype))
+                for name, value in tensors.items()
+            }
+        return out
+
+    def set_conditions(self, batch_size: int | None = None, **conditions: Any) -> None:
+        """Generate the weights for `conditions` and set them on the base model, where they stay until the
+        next call (gradient checkpointing re-runs forwards during backward and must see the same weights)."""
+        for target, tensors in self.generate_weights(batch_size, **conditions).items():
+            module = self._target_modules[target]
+            module._external_values.update(tensors)
+            module._refresh_batch()
+
+    def reset_conditions(self) -> None:
+        """Clear the generated weights from the base model."""
+        for module in self._target_modules.values():
+            module.reset_externals()
+
+    def _pop_conditions(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {name: kwargs.pop(name) for name in self.condition_names if name in kwargs}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        conditions = self._pop_conditions(kwargs)
+        self.set_conditions(_batch_size(args, kwargs), **conditions)
+        return self.base_model(*args, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """`base_model.generate` with per-example conditions as keyword arguments. The weights are generated
+        once per call; beams and `num_return_sequences` reuse row b's weights for b's expanded rows."""
+        conditions = self._pop_conditions(kwargs)
+        self.set_conditions(_batch_size(args, kwargs), **conditions)
+        return self.base_model.generate(*args, **kwargs)
+
+    # -- parameters ----------------------------------------------------------------------------------
+
+    def hyper_state_dict(self) -> dict[str, Tensor]:
+        """The trained state: condition encoder and generator (never the base model)."""
+        state = {f"condition_encoder.{k}": v for k, v in self.condition_encoder.state_dict().items()}
+        state.update({f"generator.{k}": v for k, v in self.generator.state_dict().items()})
+        return state
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable parameters, all parameters), as PEFT reports them."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    # -- save / load ----------------------------------------------------------------------------------
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "base_model_class": type(self.base_model).__name__,
+            "model_type": getattr(getattr(self.base_model, "config", None), "model_type", None),
+            "targets": self._target_shapes,
+        }
+
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
+        """Write `hyper_config.json` and `hyper_model.safetensors` (the generator only; atomic writes)."""
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"save_pretrained needs a directory, got the file {directory}")
+        save_tensors(directory / WEIGHTS_NAME, self.hyper_state_dict(), {"format": "pt", "hyperlight": __version__})
+        save_json(directory / CONFIG_NAME, {**self.hyper_config.to_dict(), "hyperlight": self._fingerprint()})
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False) -> HyperModel:
+        """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory.
+
+        Fails with a clear error if `model` is not the architecture (targets and shapes) it was trained on.
+        With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
+        """
+        import json
+
+        directory = Path(path)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: is this a directory written by save_pretrained?")
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        provenance = saved.pop("hyperlight", {})
+        hyper = cls(model, HyperConfig.from_dict(saved))
+        expected = provenance.get("targets")
+        if expected is not None and expected != hyper._target_shapes:
+            missing = sorted(set(expected) - set(hyper._target_shapes))
+            extra = sorted(set(hyper._target_shapes) - set(expected))
+            differ = [n for n in expected if n in hyper._target_shapes and expected[n] != hyper._target_shapes[n]]
+            detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
+            if differ:
+                detail += f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {hyper._target_shapes[differ[0]]})"
+            hyper.unload()
+            raise ValueError(
+                f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')} "
+                f"({provenance.get('model_type')}) whose targets do not match this {type(model).__name__}: {detail}. "
+                "Load it onto the base model it was trained with"
+            )
+        state = load_tensors(directory / WEIGHTS_NAME)
+        hyper._load_hyper_state(state)
+        if not is_trainable:
+            hyper.condition_encoder.requires_grad_(False)
+            hyper.generator.requires_grad_(False)
+            hyper.eval()
+        return hyper
+
+    def _load_hyper_state(self, state: Mapping[str, Tensor]) -> None:
+        own = self.hyper_state_dict()
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or extra or bad:
+            raise ValueError(
+                f"hyper weights do not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, "
+                f"wrong shapes {bad[:4]}"
+            )
+        for prefix, module in (("condition_encoder.", self.condition_encoder), ("generator.", self.generator)):
+            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+    # -- merge / unload / export ----------------------------------------------------------------------
+
+    def _single_condition_values(self, conditions: Mapping[str, Any]) -> dict[str, Tensor]:
+        with torch.no_grad():
+            generated = self.generate_weights(1, **conditions)
+        values = {}
+        for target, tensors in generated.items():
+            for name, value in tensors.items():
+                if value.dim() != len(self._target_shapes[target][name]):
+                    raise ValueError("merge/export needs a single condition value (one example), got several")
+                values[f"{target}.{name}"] = value.detach()
+        return values
+
+    def _release_base(self, values: Mapping[str, Tensor] | None) -> nn.Module:
+        base = self.base_model
+        unhypernetize(base, values)
+        for name, param in base.named_parameters():
+            param.requires_grad_(self._requires_grad.get(name, True))
+        return base
+
+    def merge_and_unload(self, **conditions: Any) -> nn.Module:
+        """A plain base model (no hyperlight class left) with the weights of one condition baked in."""
+        return self._release_base(self._single_condition_values(conditions))
+
+    def unload(self) -> nn.Module:
+        """The base model as it was before `get_hyper_model`: original classes, weights and trainability."""
+        return self._release_base(None)
+
+    def export_peft_adapter(self, save_directory: str | Path, **conditions: Any) -> dict[str, float]:
+        """Write a standard PEFT LoRA adapter for one condition; returns `{module: relative error}`.
+
+        In lora mode the predicted factors are written as they are (errors are 0). In full mode the
+        change `W - W0` of each linear target's weight is truncated by SVD to `rank`, and the relative
+        Frobenius error of that approximation is reported.
+        """
+        from .peft_export import export_lora_adapter
+
+        return export_lora_adapter(self, Path(save_directory), self._single_condition_values(conditions))
+
+
+def get_hyper_model(model: nn.Module, config: HyperConfig) -> HyperModel:
+    """Turn a pretrained model into a conditioned one, as `peft.get_peft_model` does for adapters.
+
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from hyperlight import HyperConfig, get_hyper_model
+    >>> base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+    ...     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    >>> hyper = get_hyper_model(base, HyperConfig(target_modules=r".*\\.(q_proj|v_proj)",
+    ...     conditions={"task": {"type": "categorical", "num": 4}}, rank=4))
+    >>> hyper(input_ids=torch.randint(64, (2, 5)), task=torch.tensor([0, 3])).logits.shape
+    torch.Size([2, 5, 64])
+    """
+    return HyperModel(model, config)
