@@ -26,7 +26,6 @@ from .nn import HyperModule as HyperModule
 from .nn import UninitializedExternalError as UninitializedExternalError
 from .nn import register_linear_like as register_linear_like
 
-
 __all__ = [
     "ExternalParameter",
     "HyperConfig",

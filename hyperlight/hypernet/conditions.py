@@ -31,7 +31,9 @@ class ConditionSpec:
         if isinstance(spec, ConditionSpec):
             spec = asdict(spec)
         if not isinstance(spec, Mapping):
-            raise TypeError(f"condition '{name}' must be a dict like {{'type': 'categorical', 'num': 8}}, got {spec!r}")
+            raise TypeError(
+                f"condition '{name}' must be a dict like {{'type': 'categorical', 'num': 8}}, got {spec!r}"
+            )
         fields = {"type", "num", "dim", "range"}
         extra = sorted(set(spec) - fields)
         if extra:
@@ -132,7 +134,9 @@ class ConditionEncoder(nn.Module):
             if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
                 raise TypeError(f"condition '{name}' is categorical: expected integer ids, got dtype {t.dtype}")
             if t.dim() > 1:
-                raise ValueError(f"condition '{name}' is categorical: expected shape (B,) of ids, got {tuple(t.shape)}")
+                raise ValueError(
+                    f"condition '{name}' is categorical: expected shape (B,) of ids, got {tuple(t.shape)}"
+                )
             t = t.reshape(-1).long()
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= spec.num):
                 raise ValueError(
@@ -158,7 +162,9 @@ class ConditionEncoder(nn.Module):
         t = t.reshape(-1)
         lo, hi = spec.range
         if t.numel() and (not torch.isfinite(t).all() or float(t.min()) < lo or float(t.max()) > hi):
-            raise ValueError(f"condition '{name}' out of range: expected values in [{lo}, {hi}], got {t.tolist()[:16]}")
+            raise ValueError(
+                f"condition '{name}' out of range: expected values in [{lo}, {hi}], got {t.tolist()[:16]}"
+            )
         return t
 
     def forward(self, checked: Mapping[str, Tensor]) -> Tensor:

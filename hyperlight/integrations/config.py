@@ -76,7 +76,14 @@ class HyperConfig:
             )
         # normalise (and validate) every condition; stored as plain dicts so the config stays JSON
         self.conditions = {str(n): ConditionSpec.parse(n, s).to_dict() for n, s in self.conditions.items()}
-        for name in ("rank", "condition_dim", "hidden_size", "num_layers", "layer_embedding_dim", "type_embedding_dim"):
+        for name in (
+            "rank",
+            "condition_dim",
+            "hidden_size",
+            "num_layers",
+            "layer_embedding_dim",
+            "type_embedding_dim",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -95,7 +102,9 @@ class HyperConfig:
         if self.mode == "full" and self.dropout:
             raise ValueError("dropout is the low-rank branch's input dropout; it has no meaning in mode='full'")
         if self.layers_to_transform is not None:
-            layers = [self.layers_to_transform] if isinstance(self.layers_to_transform, int) else self.layers_to_transform
+            layers = (
+                [self.layers_to_transform] if isinstance(self.layers_to_transform, int) else self.layers_to_transform
+            )
             if not all(isinstance(i, int) and i >= 0 for i in layers):
                 raise ValueError(f"layers_to_transform must be non-negative ints, got {self.layers_to_transform!r}")
             self.layers_to_transform = list(layers)
@@ -122,6 +131,22 @@ class HyperConfig:
             data = json.load(f)
         data.pop("hyperlight", None)  # provenance block written by save_pretrained
         return cls.from_dict(data)
+
+    def matched_modules(self, model: Any) -> list[str]:
+        """Dry run: the names of the modules of `model` this config selects, without changing the model.
+
+        Raises the same errors as `get_hyper_model` (no match, non-linear targets in lora mode).
+        """
+        from .selection import select_modules
+
+        return select_modules(
+            model,
+            self.target_modules,
+            exclude_modules=self.exclude_modules,
+            layers_to_transform=self.layers_to_transform,
+            require_linear=self.mode == "lora",
+            model_type=getattr(getattr(model, "config", None), "model_type", None),
+        )
 
     @property
     def scaling(self) -> float:

@@ -22,7 +22,7 @@ from ..hypernetize import hypernetize, unhypernetize
 from ..nn.module import HyperModule
 from .config import CONFIG_NAME, HyperConfig
 from .io import WEIGHTS_NAME, load_tensors, save_json, save_tensors
-from .selection import layer_index, select_modules, type_key
+from .selection import layer_index, type_key
 
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
 
@@ -69,7 +69,9 @@ class HyperModel(nn.Module):
     def __init__(self, model: nn.Module, config: HyperConfig) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module (e.g. AutoModelForCausalLM.from_pretrained(...)), got {model!r}")
+            raise TypeError(
+                f"model must be an nn.Module (e.g. AutoModelForCausalLM.from_pretrained(...)), got {model!r}"
+            )
         if not isinstance(config, HyperConfig):
             raise TypeError(f"config must be a HyperConfig, got {type(config).__name__}")
         if any(isinstance(m, HyperModule) for m in model.modules()):
@@ -79,15 +81,7 @@ class HyperModel(nn.Module):
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
 
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        names = select_modules(
-            model,
-            config.target_modules,
-            exclude_modules=config.exclude_modules,
-            layers_to_transform=config.layers_to_transform,
-            require_linear=config.mode == "lora",
-            model_type=model_type,
-        )
+        names = config.matched_modules(model)
         targets = self._hypernetize(model, names)
         self.base_model = model
 
@@ -129,8 +123,7 @@ class HyperModel(nn.Module):
                 convert_root=False,
             )
             targets = [
-                GeneratorTarget(n, type_key(n), layer_index(n) or 0, dict(modules[n].external_shapes()))
-                for n in names
+                GeneratorTarget(n, type_key(n), layer_index(n) or 0, dict(modules[n].external_shapes())) for n in names
             ]
         else:
             chosen: dict[str, list[str]] = {}
@@ -161,6 +154,11 @@ class HyperModel(nn.Module):
         return targets
 
     # -- conditions -> externals --------------------------------------------------------------------
+
+    @property
+    def targeted_module_names(self) -> list[str]:
+        """The dotted names of the modules whose weights the generator predicts (as PEFT names it)."""
+        return list(self._target_modules)
 
     @property
     def condition_names(self) -> list[str]:
@@ -233,7 +231,9 @@ class HyperModel(nn.Module):
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -273,19 +273,31 @@ class HyperModel(nn.Module):
         directory = Path(path)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: is this a directory written by save_pretrained?")
+            raise FileNotFoundError(
+                f"no {CONFIG_NAME} in {directory}: is this a directory written by save_pretrained?"
+            )
         with open(config_path, encoding="utf-8") as f:
             saved = json.load(f)
         provenance = saved.pop("hyperlight", {})
         hyper = cls(model, HyperConfig.from_dict(saved))
         expected = provenance.get("targets")
+        saved_type, model_type = provenance.get("model_type"), hyper._fingerprint()["model_type"]
+        if saved_type != model_type:
+            hyper.unload()
+            raise ValueError(
+                f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')} "
+                f"(model_type {saved_type!r}), not on a {type(model).__name__} (model_type {model_type!r}); "
+                "load it onto the base model it was trained with"
+            )
         if expected is not None and expected != hyper._target_shapes:
             missing = sorted(set(expected) - set(hyper._target_shapes))
             extra = sorted(set(hyper._target_shapes) - set(expected))
             differ = [n for n in expected if n in hyper._target_shapes and expected[n] != hyper._target_shapes[n]]
             detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
             if differ:
-                detail += f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {hyper._target_shapes[differ[0]]})"
+                detail += (
+                    f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {hyper._target_shapes[differ[0]]})"
+                )
             hyper.unload()
             raise ValueError(
                 f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')} "

@@ -41,7 +41,7 @@ def _svd_factors(hyper: HyperModel, values: Mapping[str, Tensor]) -> tuple[dict[
                 "a LoRA adapter, which only changes linear weights; use merge_and_unload(...) for this condition, or "
                 "train with target_parameters=['weight'] on linear targets"
             )
-        original = getattr(module, "hl_original_weight").to(torch.float32)
+        original = module.hl_original_weight.to(torch.float32)
         delta = values[f"{name}.weight"].to(torch.float32) - original
         if spec.transposed:
             delta = delta.T  # LoRA factors are (out, r) @ (r, in) whatever the layer's storage

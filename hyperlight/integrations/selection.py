@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
+
 from torch import nn
 
 from ..nn.hypernetized import linear_like
