@@ -8,6 +8,8 @@ merges and exports.
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,18 +29,22 @@ from .selection import layer_index, type_key
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
 
 
-def _register_transformers_layers() -> None:
-    """Teach the core about Transformers' linear-like layers (GPT-2's Conv1D stores its weight as (in, out))."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # Transformers is optional for plain torch models
-        return
-    from ..nn.hypernetized import LINEAR_LIKE, register_linear_like
+def _accepted_keywords(forward: Any) -> frozenset[str] | None:
+    """The keyword arguments `forward` accepts, or None when it takes free-form `**kwargs`.
 
-    if Conv1D not in LINEAR_LIKE:
-        register_linear_like(
-            Conv1D, in_features=lambda m: m.weight.shape[0], out_features=lambda m: m.weight.shape[1], transposed=True
-        )
+    Transformers types its `**kwargs` as `Unpack[TypedDict]`; those keys count as accepted.
+    """
+    names: set[str] = set()
+    for param in inspect.signature(forward).parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            typed = typing.get_args(param.annotation)
+            keys = getattr(typed[0], "__required_keys__", None) if typed else None
+            if keys is None:
+                return None
+            names |= set(keys) | set(typed[0].__optional_keys__)
+        elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            names.add(param.name)
+    return frozenset(names)
 
 
 def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
@@ -76,7 +82,6 @@ class HyperModel(nn.Module):
             raise TypeError(f"config must be a HyperConfig, got {type(config).__name__}")
         if any(isinstance(m, HyperModule) for m in model.modules()):
             raise ValueError("this model already has externals (is it a HyperModel's base already?); load a fresh one")
-        _register_transformers_layers()
         self.hyper_config = config
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
@@ -84,6 +89,7 @@ class HyperModel(nn.Module):
         names = config.matched_modules(model)
         targets = self._hypernetize(model, names)
         self.base_model = model
+        self._base_keywords = _accepted_keywords(model.forward)
 
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.device(device):
@@ -204,6 +210,12 @@ class HyperModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         conditions = self._pop_conditions(kwargs)
+        unknown = [k for k in kwargs if self._base_keywords is not None and k not in self._base_keywords]
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {unknown}: neither a condition of this hyper model "
+                f"({self.condition_encoder.describe()}) nor an argument of {type(self.base_model).__name__}.forward"
+            )
         self.set_conditions(_batch_size(args, kwargs), **conditions)
         return self.base_model(*args, **kwargs)
 

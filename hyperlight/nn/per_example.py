@@ -61,6 +61,7 @@ def per_example_forward(
 
     def one_example(values: list[Tensor], a: tuple, kw: dict[str, Any]) -> Any:
         saved = [(m, m._external_batch) for m in modules.values()]
+        previous = [module._external_values[name] for module, name, _ in entries]
         for (module, name, _), value in zip(entries, values):
             module._external_values[name] = value
         for module in modules.values():
@@ -68,8 +69,8 @@ def per_example_forward(
         try:
             return forward(*a, **kw)
         finally:
-            for (module, name, full), _ in zip(entries, values):
-                module._external_values[name] = full
+            for (module, name, _), value in zip(entries, previous):
+                module._external_values[name] = value
             for module, b in saved:
                 module.__dict__["_external_batch"] = b
 
