@@ -153,7 +153,8 @@ GOOD = {"task": torch.tensor([0, 1]), "desc": torch.zeros(2, 3), "temp": torch.t
         (
             {"lang": torch.tensor([0, 1])},
             TypeError,
-            r"unexpected keyword argument\(s\) \['lang'\]: neither a condition of this hyper model \(task \(categorical\)",
+            r"unexpected keyword argument\(s\) \['lang'\]: neither a condition of this hyper model "
+            r"\(task \(categorical\)",
         ),
         (
             {"task": torch.tensor([0, 4])},

@@ -72,7 +72,8 @@ class HyperConfig:
             raise ValueError(f"generator must be one of {list(GENERATORS)}, got {self.generator!r}")
         if not isinstance(self.conditions, dict) or not self.conditions:
             raise ValueError(
-                "conditions must name at least one condition, e.g. conditions={'task': {'type': 'categorical', 'num': 8}}"
+                "conditions must name at least one condition, "
+                "e.g. conditions={'task': {'type': 'categorical', 'num': 8}}"
             )
         # normalise (and validate) every condition; stored as plain dicts so the config stays JSON
         self.conditions = {str(n): ConditionSpec.parse(n, s).to_dict() for n, s in self.conditions.items()}
