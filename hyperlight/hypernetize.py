@@ -140,6 +140,8 @@ def _check_lowrank_target(module: nn.Module, prefix: str, names: list[str]) -> N
         )
     if isinstance(module, LowRankModule):
         raise ValueError(f"{where} already has low-rank externals; a layer can only be hypernetized once")
+    if isinstance(module, HypernetizedModule) and module._externals:
+        raise ValueError(f"{where} already has full externals; it cannot also take low-rank externals")
     if "weight" not in names:
         raise ValueError(f"low-rank externals attach to a layer's weight; {where} was selected without it")
 

@@ -147,7 +147,7 @@ CASES = [
     Case("llama", llama, {"target_modules": r".*\.(q_proj|v_proj)"}, "causal"),
     Case("qwen2", qwen2, {"target_modules": "attention+mlp"}, "causal"),
     Case("gpt2", gpt2, {"target_modules": ["c_attn", "mlp.c_proj"]}, "causal"),
-    Case("bert", bert_classifier, {"target_modules": "attention"}, "classifier"),
+    Case("bert", bert_classifier, {"target_modules": "attention", "modules_to_save": ["classifier"]}, "classifier"),
     Case("t5", t5, {"target_modules": "attention"}, "seq2seq"),
     Case("minilm", minilm, {"target_modules": ["query", "value"]}, "encoder"),
     Case("llama-full", llama, {"target_modules": r".*(q_proj|input_layernorm)", "mode": "full"}, "causal"),

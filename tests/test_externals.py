@@ -239,7 +239,8 @@ def hypernetized_linear():
 
 
 SET_ERRORS = [
-    ("unknown", lambda: (Net(), {"conv.kernel": torch.zeros(1)}), KeyError, r"unknown external\(s\) \['conv.kernel'\]"),
+    ("unknown", lambda: (Net(), {"conv.kernel": torch.zeros(1)}), KeyError,
+     r"unknown external\(s\) \['conv.kernel'\]"),
     ("shape", lambda: (Net(), {"out.weight": torch.zeros(4, 2)}), ValueError,
      r"shape mismatch for 'out.weight': expected \(2, 4\) or \(B, \*\(2, 4\)\) per example, got \(4, 2\)"),
     ("rank", lambda: (Net(), {"scale": torch.zeros(1, 1, 2)}), ValueError, r"shape mismatch for 'scale'"),

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from hyperlight import HyperNet, Hypernet, find_modules_of_type, hypernetize
+from hyperlight.hypernet import encode
 
 OUT = {"w": (4, 3), "b": (4,)}
 
@@ -48,9 +49,8 @@ def test_output_shapes_follow_the_input_batch(input_shapes, inputs, batch, encod
 
 def test_encodings():
     x = torch.tensor([0.0, 0.25, 1.0])
-    from hyperlight.hypernet import encode
-
-    torch.testing.assert_close(encode(x, "cos|sin"), torch.cat([torch.cos(x * torch.pi / 2), torch.sin(x * torch.pi / 2)]))
+    angle = x * torch.pi / 2
+    torch.testing.assert_close(encode(x, "cos|sin"), torch.cat([torch.cos(angle), torch.sin(angle)]))
     assert torch.equal(encode(x, "z|1-z"), torch.tensor([0.0, 0.25, 1.0, 1.0, 0.75, 0.0]))
     assert encode(x, None) is x
     # cos|sin puts every input on the unit circle: constant norm

@@ -211,6 +211,12 @@ def _full_after_low_rank():
     return model, {"modules": [model[0]]}
 
 
+def _low_rank_after_full():
+    model = nn.Sequential(nn.Linear(3, 4))
+    hypernetize(model, parameters=[model[0].bias])
+    return model, {"modules": [model[0]], "rank": 2}
+
+
 def _small():
     return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.LayerNorm(4))
 
@@ -232,6 +238,9 @@ SELECT_ERRORS = [
     ("twice by parameter", _twice_by_parameter, ValueError, "a parameter can only be hypernetized once"),
     ("twice low rank", _twice_low_rank, ValueError, "'0' already has low-rank externals"),
     ("full after low rank", _full_after_low_rank, ValueError, "'0' already has low-rank externals"),
+    ("low rank after full", _low_rank_after_full, ValueError, "'0' already has full externals"),
+    ("rank on a model with a norm", lambda: ((m := nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))),
+                                             {"modules": [m], "rank": 2}), TypeError, "got LayerNorm at '1'"),
     ("rank 0", lambda: ((m := _small()), {"modules": [m[0]], "rank": 0}), ValueError, "rank must be a positive int"),
     ("dropout", lambda: ((m := _small()), {"modules": [m[0]], "rank": 2, "dropout": 1.0}), ValueError,
      r"dropout must be in \[0, 1\)"),
@@ -309,7 +318,7 @@ def test_hypernetize_single_rejects():
     with pytest.raises(ValueError, match="a parameter given is not one of Linear's own"):
         hypernetize_single(layer, [nn.Parameter(torch.zeros(2, 3))])
     hypernetize_single(layer)
-    with pytest.raises(ValueError, match="nothing to hypernetize: HypernetizedLinear has no parameters of its own left"):
+    with pytest.raises(ValueError, match="nothing to hypernetize: HypernetizedLinear has no parameters of its own"):
         hypernetize_single(layer)
     with pytest.raises(TypeError, match="module must be an nn.Module"):
         hypernetize_single("layer")
@@ -349,6 +358,38 @@ def test_generic_modules_per_example(build, in_shape):
     ref_grads = torch.autograd.grad((looped(reference, leaves, x) * g).sum(), list(leaves.values()))
     for got, want in zip(grads, ref_grads):
         close(got, want)
+
+
+BATCHED_KERNELS = [
+    ("embedding", lambda: nn.Embedding(7, 3, padding_idx=0), lambda: torch.randint(0, 7, (3, 5))),
+    ("conv1d-circular", lambda: nn.Conv1d(2, 4, 3, padding=1, padding_mode="circular"), lambda: torch.randn(3, 2, 6)),
+    ("conv3d", lambda: nn.Conv3d(2, 2, 2), lambda: torch.randn(3, 2, 3, 3, 3)),
+    ("linear-subclass", lambda: nn.modules.linear.NonDynamicallyQuantizableLinear(4, 2), lambda: torch.randn(3, 4)),
+]
+
+
+@pytest.mark.parametrize("build, make_input", [c[1:] for c in BATCHED_KERNELS], ids=[c[0] for c in BATCHED_KERNELS])
+def test_torch_layers_use_their_batched_kernel(build, make_input):
+    reference = build()
+    model, values = hypernetize(reference, modules=[reference], return_values=True, inplace=False)
+    assert type(model)._hl_batched is not None
+    x = make_input()
+    with model.using_externals(values):
+        assert torch.equal(model(x), reference(x))
+    batched = per_example(values, batch=3)
+    with model.using_externals(batched):
+        close(model(x), looped(reference, batched, x))
+
+
+def test_expanded_input_batch_shares_each_examples_values():
+    """An input batch k·B (beam search, num_return_sequences) gives rows b·k … b·k+k−1 the values of example b."""
+    for reference, x in [(nn.Linear(4, 2), torch.randn(6, 4)), (Gain(6), torch.randn(6, 2, 3)),
+                         (nn.Conv2d(2, 3, 3), torch.randn(6, 2, 4, 4))]:
+        model, values = hypernetize(reference, modules=[reference], return_values=True, inplace=False)
+        batched = per_example(values, batch=3)
+        with model.using_externals(batched):
+            y = model(x)
+        close(y, looped(reference, {n: v.repeat_interleave(2, 0) for n, v in batched.items()}, x))
 
 
 def test_vmap_fallback_needs_a_batched_input():

@@ -289,3 +289,18 @@ def test_bad_configs_are_rejected(kwargs, error, match):
 def test_unknown_config_field_is_rejected():
     with pytest.raises(ValueError, match=r"unknown HyperConfig field\(s\) \['lora_rank'\]"):
         HyperConfig.from_dict({"conditions": {"task": {"type": "categorical", "num": 2}}, "lora_rank": 8})
+
+
+def test_modules_to_save_train_and_travel_with_the_checkpoint(trained, tmp_path):
+    case = next(c for c in CASES if c.name == "bert")
+    hyper = trained(case)
+    head = hyper.base_model.classifier
+    assert head.weight.requires_grad and not hyper.base_model.bert.pooler.dense.weight.requires_grad
+    pretrained = case.build().classifier.weight
+    assert not torch.equal(head.weight, pretrained)  # it trained
+    hyper.save_pretrained(tmp_path)
+    reloaded = HyperModel.from_pretrained(case.build(), tmp_path)
+    assert torch.equal(reloaded.base_model.classifier.weight, head.weight)
+    assert torch.equal(reloaded.merge_and_unload(task=0).classifier.weight, head.weight)
+    with pytest.raises(ValueError, match=r"modules_to_save \['head'\] matched no module"):
+        get_hyper_model(case.build(), hyper_config(case, modules_to_save=["head"]))

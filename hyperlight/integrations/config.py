@@ -38,6 +38,8 @@ class HyperConfig:
         hidden_size, num_layers: width and depth of the generator's trunk.
         layer_embedding_dim, type_embedding_dim: sizes of the layer-index and module-type embeddings.
         hypernet_dropout: dropout inside the generator's trunk.
+        modules_to_save: base modules that train fully and are saved with the hyper weights (exact names
+            or suffixes), e.g. `["classifier"]` for a new classification head, as in PEFT.
         base_model_name_or_path: recorded for exports (PEFT's adapter_config.json); informational.
     """
 
@@ -57,6 +59,7 @@ class HyperConfig:
     layer_embedding_dim: int = 16
     type_embedding_dim: int = 16
     hypernet_dropout: float = 0.0
+    modules_to_save: list[str] | None = None
     base_model_name_or_path: str | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +105,10 @@ class HyperConfig:
             )
         if self.mode == "full" and self.dropout:
             raise ValueError("dropout is the low-rank branch's input dropout; it has no meaning in mode='full'")
+        if self.modules_to_save is not None:
+            if isinstance(self.modules_to_save, str) or not all(isinstance(m, str) for m in self.modules_to_save):
+                raise TypeError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
+            self.modules_to_save = list(self.modules_to_save)
         if self.layers_to_transform is not None:
             layers = (
                 [self.layers_to_transform] if isinstance(self.layers_to_transform, int) else self.layers_to_transform

@@ -89,6 +89,7 @@ class HyperModel(nn.Module):
         names = config.matched_modules(model)
         targets = self._hypernetize(model, names)
         self.base_model = model
+        self._saved_modules = self._unfreeze_modules_to_save(model)
         self._base_keywords = _accepted_keywords(model.forward)
 
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -158,6 +159,25 @@ class HyperModel(nn.Module):
             if len(by_key[t.type_key]) > 1:
                 t.type_key = f"{t.type_key}|{sorted(t.shapes.items())}"
         return targets
+
+    def _unfreeze_modules_to_save(self, model: nn.Module) -> dict[str, nn.Module]:
+        wanted = self.hyper_config.modules_to_save or []
+        found = {n: m for n, m in model.named_modules() if n and any(n == w or n.endswith(f".{w}") for w in wanted)}
+        missing = [w for w in wanted if not any(n == w or n.endswith(f".{w}") for n in found)]
+        if missing:
+            raise ValueError(f"modules_to_save {missing} matched no module of the model")
+        for name, module in found.items():
+            if name in self._target_modules_names():
+                raise ValueError(f"'{name}' is both a target and in modules_to_save; choose one")
+            module.requires_grad_(True)
+        # unload() gives back the base as it was: keep the pretrained state of what will train
+        self._saved_originals = {
+            n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in found.items()
+        }
+        return found
+
+    def _target_modules_names(self) -> set[str]:
+        return {n for n, m in self.base_model.named_modules() if isinstance(m, HyperModule)}
 
     # -- conditions -> externals --------------------------------------------------------------------
 
@@ -230,9 +250,11 @@ class HyperModel(nn.Module):
     # -- parameters ----------------------------------------------------------------------------------
 
     def hyper_state_dict(self) -> dict[str, Tensor]:
-        """The trained state: condition encoder and generator (never the base model)."""
+        """The trained state: condition encoder, generator and `modules_to_save` (never the frozen base)."""
         state = {f"condition_encoder.{k}": v for k, v in self.condition_encoder.state_dict().items()}
         state.update({f"generator.{k}": v for k, v in self.generator.state_dict().items()})
+        for name, module in self._saved_modules.items():
+            state.update({f"base_model.{name}.{k}": v for k, v in module.state_dict().items()})
         return state
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -319,8 +341,7 @@ class HyperModel(nn.Module):
         state = load_tensors(directory / WEIGHTS_NAME)
         hyper._load_hyper_state(state)
         if not is_trainable:
-            hyper.condition_encoder.requires_grad_(False)
-            hyper.generator.requires_grad_(False)
+            hyper.requires_grad_(False)
             hyper.eval()
         return hyper
 
@@ -333,7 +354,9 @@ class HyperModel(nn.Module):
                 f"hyper weights do not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, "
                 f"wrong shapes {bad[:4]}"
             )
-        for prefix, module in (("condition_encoder.", self.condition_encoder), ("generator.", self.generator)):
+        parts = [("condition_encoder.", self.condition_encoder), ("generator.", self.generator)]
+        parts += [(f"base_model.{name}.", module) for name, module in self._saved_modules.items()]
+        for prefix, module in parts:
             module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
     # -- merge / unload / export ----------------------------------------------------------------------
@@ -349,20 +372,25 @@ class HyperModel(nn.Module):
                 values[f"{target}.{name}"] = value.detach()
         return values
 
-    def _release_base(self, values: Mapping[str, Tensor] | None) -> nn.Module:
+    def _release_base(self, values: Mapping[str, Tensor] | None, *, keep_trained: bool) -> nn.Module:
         base = self.base_model
         unhypernetize(base, values)
+        if not keep_trained:
+            for name, module in self._saved_modules.items():
+                module.load_state_dict(self._saved_originals[name])
         for name, param in base.named_parameters():
             param.requires_grad_(self._requires_grad.get(name, True))
         return base
 
     def merge_and_unload(self, **conditions: Any) -> nn.Module:
-        """A plain base model (no hyperlight class left) with the weights of one condition baked in."""
-        return self._release_base(self._single_condition_values(conditions))
+        """A plain base model (no hyperlight class left) with the weights of one condition baked in (and the
+        trained `modules_to_save`)."""
+        return self._release_base(self._single_condition_values(conditions), keep_trained=True)
 
     def unload(self) -> nn.Module:
-        """The base model as it was before `get_hyper_model`: original classes, weights and trainability."""
-        return self._release_base(None)
+        """The base model as it was before `get_hyper_model`: original classes, weights (`modules_to_save`
+        included) and trainability."""
+        return self._release_base(None, keep_trained=False)
 
     def export_peft_adapter(self, save_directory: str | Path, **conditions: Any) -> dict[str, float]:
         """Write a standard PEFT LoRA adapter for one condition; returns `{module: relative error}`.

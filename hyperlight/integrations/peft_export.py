@@ -73,6 +73,7 @@ def export_lora_adapter(hyper: HyperModel, directory: Path, values: Mapping[str,
         lora_alpha=config.alpha,
         target_modules=list(factors),
         fan_in_fan_out=transposed.pop(),
+        modules_to_save=list(hyper._saved_modules) or None,
         lora_dropout=config.dropout,
         base_model_name_or_path=config.base_model_name_or_path
         or getattr(getattr(hyper.base_model, "config", None), "name_or_path", None),
@@ -84,6 +85,8 @@ def export_lora_adapter(hyper: HyperModel, directory: Path, values: Mapping[str,
         dtype = hyper._target_modules[name].weight.dtype
         tensors[f"base_model.model.{name}.lora_A.weight"] = lora_a.to(dtype)
         tensors[f"base_model.model.{name}.lora_B.weight"] = lora_b.to(dtype)
+    for name, module in hyper._saved_modules.items():  # PEFT stores trained whole modules under their own names
+        tensors.update({f"base_model.model.{name}.{k}": v for k, v in module.state_dict().items()})
     save_tensors(directory / "adapter_model.safetensors", tensors)
     lora_config.save_pretrained(str(directory))
     return errors
