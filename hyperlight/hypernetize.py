@@ -361,7 +361,8 @@ def _restore(module: nn.Module, prefix: str, given: Mapping[str, Tensor]) -> Non
                 raise KeyError(
                     f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True"
                 )
-            module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=requires_grad.get(name, True))
+            grad = requires_grad.get(name, True)
+            module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=grad)
     order = module.__dict__.get("_hl_param_order", [])
     params = module._parameters
     module.__dict__["_parameters"] = {n: params[n] for n in order if n in params} | {

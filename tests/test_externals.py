@@ -308,3 +308,27 @@ def test_register_external_replaces_a_parameter_and_validates():
         m.register_external("c", torch.zeros(1))
     with m.using_externals(gain=torch.tensor([1.0, 2.0, 3.0])):
         assert m(torch.ones(3)).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_declarations_changed_after_indexing_are_seen():
+    layer = HyperLinear(3, 2)
+    assert list(layer.external_shapes()) == ["weight", "bias"]  # indexed (and cached) here
+    layer.register_external("gain", ExternalParameter((2,)))
+    layer.set_externals(weight=torch.zeros(2, 3), bias=torch.zeros(2))
+    assert not layer.externals_are_set()  # 'gain' is declared and still unset
+    layer.set_externals(gain=torch.ones(2))
+    assert layer.externals_are_set()
+    del layer.weight
+    with pytest.raises(KeyError, match=r"unknown external\(s\) \['weight'\]; this model's externals are "
+                                       r"\['bias', 'gain'\]"):
+        layer.set_externals(weight=torch.zeros(2, 3))
+
+    net = Net()
+    net.external_shapes()
+    net.extra = HyperLinear(2, 2)  # a HyperModule added after indexing
+    net.set_externals(net_values())
+    assert not net.externals_are_set()
+    net.set_externals({"extra.weight": torch.zeros(2, 2), "extra.bias": torch.zeros(2)})
+    assert net.externals_are_set()
+    net.reset_externals()
+    assert not net.extra._external_values

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hyperlight import HyperNet, Hypernet, find_modules_of_type, hypernetize
+from hyperlight import HyperNet, Hypernet, find_modules_of_type, hypernetize, unhypernetize
 from hyperlight.hypernet import encode
 
 OUT = {"w": (4, 3), "b": (4,)}
@@ -257,6 +257,11 @@ def test_hypernetized_hypernet_driven_by_an_outer_hypernet():
     with inner.using_externals(outer(g=g)):  # per-example inner weights, one set per g
         batched = inner(h=torch.rand(3, 2))
     assert {k: tuple(v.shape) for k, v in batched.items()} == {"w": (3, 4, 3), "b": (3, 4)}
+
+    plain = unhypernetize(inner)  # and back to a plain HyperNet
+    assert type(plain) is HyperNet and list(plain.state_dict())[:2] == ["theta0", "backbone.0.weight"]
+    out = plain(h=torch.tensor([0.2, 0.7]))
+    assert all(torch.equal(out[k], reference[k]) for k in OUT)
 
 
 def test_two_level_chain_backpropagates_to_the_outer_net():

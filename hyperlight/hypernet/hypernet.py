@@ -150,7 +150,9 @@ class HyperNet(nn.Module):
                 raise ValueError(f"output_shapes and weights disagree: missing weights {missing}, extra {extra}")
             for name, shape in declared.items():
                 if shape != actual[name]:
-                    raise ValueError(f"shape mismatch for '{name}': output_shapes says {shape}, weight is {actual[name]}")
+                    raise ValueError(
+                        f"shape mismatch for '{name}': output_shapes says {shape}, weight is {actual[name]}"
+                    )
             output_shapes = declared
         net = cls(input_shapes, output_shapes, hidden_sizes, delta_init=delta_init, **kwargs)
         dtypes = {w.dtype for w in weights.values()}
@@ -231,7 +233,8 @@ class HyperNet(nn.Module):
         return self._unflatten(theta, batched=batched)
 
     def extra_repr(self) -> str:
-        return f"inputs={dict(self.input_shapes)}, outputs={len(self.output_shapes)} tensors, encoding={self.encoding!r}"
+        outputs = len(self.output_shapes)
+        return f"inputs={dict(self.input_shapes)}, outputs={outputs} tensors, encoding={self.encoding!r}"
 
 
 Hypernet = HyperNet

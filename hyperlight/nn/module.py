@@ -18,7 +18,11 @@ from torch import Tensor, nn
 
 from .external import ExternalParameter, Shape, UninitializedExternalError
 
-_STATE_KEYS = ("_externals", "_external_values", "_external_batch", "_external_prefix", "_external_index")
+_STATE_KEYS = (
+    "_externals", "_external_values", "_external_batch", "_external_prefix", "_external_index", "_external_index_gen"
+)
+# Bumped whenever an external is declared or removed anywhere: cached indexes built before are then stale.
+_declarations = [0]
 
 
 def init_external_state(module: nn.Module) -> None:
@@ -99,6 +103,7 @@ class HyperModule(nn.Module):
             del externals[name]
             self._external_values.pop(name, None)
             self._refresh_batch()
+            _declarations[0] += 1
             return
         super().__delattr__(name)
 
@@ -126,6 +131,7 @@ class HyperModule(nn.Module):
         self.__dict__.pop(name, None)
         self._externals[name] = external
         self._external_values.pop(name, None)
+        _declarations[0] += 1
 
     def _full_name(self, name: str) -> str:
         return f"{self._external_prefix}{name}"
@@ -150,7 +156,7 @@ class HyperModule(nn.Module):
     def _index(self, *, refresh: bool = False) -> dict[str, tuple[HyperModule, str]]:
         """Full dotted name -> (owner, local name) for every external below (and in) this module."""
         index = self.__dict__.get("_external_index")
-        if index is None or refresh:
+        if index is None or refresh or self.__dict__.get("_external_index_gen") != _declarations[0]:
             index = {}
             for prefix, module in self.named_modules():
                 if isinstance(module, HyperModule):
@@ -160,6 +166,7 @@ class HyperModule(nn.Module):
                     for name in module._externals:
                         index[f"{dotted}{name}"] = (module, name)
             self.__dict__["_external_index"] = index
+            self.__dict__["_external_index_gen"] = _declarations[0]
         return index
 
     def _hyper_modules(self) -> Iterator[HyperModule]:
