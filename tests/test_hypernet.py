@@ -285,3 +285,19 @@ def test_two_level_chain_backpropagates_to_the_outer_net():
     with inner.using_externals(outer(g=g[:1])):
         with main.using_externals(inner(h=h[:1])):
             torch.testing.assert_close(main(x[:1]), y[:1].detach(), atol=1e-5, rtol=0)
+
+
+def test_per_example_theta0_runs_the_hypernet_through_the_vmap_fallback():
+    inner = HyperNet({"h": (2,)}, OUT, [6])
+    reference = HyperNet({"h": (2,)}, OUT, [6])
+    reference.load_state_dict(inner.state_dict())
+    inner, values = hypernetize(inner, parameters=[inner.theta0], return_values=True)
+    theta0 = values["theta0"] + torch.randn(3, *values["theta0"].shape)
+    h = torch.rand(3, 2)
+    with inner.using_externals(theta0=theta0):
+        out = inner(h=h)
+    for b in range(3):
+        with torch.no_grad():
+            reference.theta0.copy_(theta0[b])
+        for name, value in reference(h=h[b]).items():
+            torch.testing.assert_close(out[name][b], value, atol=1e-5, rtol=0)

@@ -442,6 +442,84 @@ def test_low_rank_default_alpha_and_in_a_model():
         close(model(x), reference[2](h) + h @ factors["2.lora_A"].T @ factors["2.lora_B"].T)
 
 
+def test_low_rank_dropout_only_while_training():
+    base = nn.Linear(8, 8)
+    model = hypernetize(base, modules=[base], rank=4, dropout=0.5, inplace=False)
+    factors = {"lora_A": torch.randn(4, 8), "lora_B": torch.randn(8, 4)}
+    x = torch.randn(16, 8)
+    with model.using_externals(factors):
+        model.train()
+        a, b = model(x), model(x)
+        assert not torch.allclose(a, b)
+        model.eval()
+        close(model(x), base(x) + x @ factors["lora_A"].T @ factors["lora_B"].T)
+
+
+def test_low_rank_fp32_factors_drive_a_bf16_layer():
+    base = nn.Linear(8, 4).to(torch.bfloat16)
+    model = hypernetize(base, modules=[base], rank=2, inplace=False)
+    factors = {"lora_A": torch.randn(3, 2, 8), "lora_B": torch.randn(3, 4, 2)}  # fp32, per example
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    with model.using_externals(factors):
+        y = model(x)
+    assert y.dtype == torch.bfloat16
+    expected = torch.stack([base(x[i]).float() + x[i].float() @ factors["lora_A"][i].T @ factors["lora_B"][i].T
+                            for i in range(3)])
+    close(y.float(), expected, atol=0.1)
+
+
+class TransposedLinear(nn.Module):
+    """A GPT-2 `Conv1D`-like layer: weight stored (in, out)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out))
+        self.bias = nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_register_linear_like_for_transposed_layers(monkeypatch):
+    from hyperlight import register_linear_like
+    from hyperlight.nn import hypernetized
+
+    monkeypatch.setattr(hypernetized, "LINEAR_LIKE", dict(hypernetized.LINEAR_LIKE))  # keep the registry clean
+    reference = TransposedLinear(6, 4)
+    with pytest.raises(TypeError, match="low-rank externals need a linear-like layer"):
+        hypernetize(reference, modules=[reference], rank=2, inplace=False)
+    register_linear_like(TransposedLinear, in_features=lambda m: m.weight.shape[0],
+                         out_features=lambda m: m.weight.shape[1], transposed=True)
+    model = hypernetize(reference, modules=[reference], rank=2, alpha=4.0, inplace=False)
+    assert model.external_shapes() == {"lora_A": (2, 6), "lora_B": (4, 2)}
+    factors = {"lora_A": torch.randn(2, 6), "lora_B": torch.randn(4, 2)}
+    x = torch.randn(5, 6)
+    with model.using_externals(factors):
+        expected = model(x)
+    close(expected, reference(x) + 2.0 * x @ factors["lora_A"].T @ factors["lora_B"].T)
+    merged = unhypernetize(model, factors)
+    assert type(merged) is TransposedLinear and merged.weight.shape == (6, 4)
+    close(merged(x), expected, atol=1e-4)
+
+
+def test_externals_stay_set_for_gradient_checkpointing():
+    """Non-reentrant checkpointing re-runs the forward during backward: the values must still be set there."""
+    from torch.utils.checkpoint import checkpoint
+
+    reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.LayerNorm(8), nn.Linear(8, 2))
+    model, values = hypernetize(reference, modules=[reference[0], reference[2]], return_values=True, inplace=False)
+    source = {n: v.expand(3, *v.shape).clone().requires_grad_() for n, v in values.items()}  # per example
+    x = torch.randn(3, 4)
+    grads = []
+    for use_checkpoint in (False, True):
+        model.set_externals(source)
+        y = checkpoint(model, x, use_reentrant=False) if use_checkpoint else model(x)
+        assert model.externals_are_set()  # a forward never resets
+        grads.append(torch.autograd.grad(y.square().sum(), list(source.values())))
+    for plain, checkpointed in zip(*grads):
+        close(plain, checkpointed)
+
+
 # -- unhypernetize ------------------------------------------------------------------------------------------
 
 

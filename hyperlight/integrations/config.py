@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..hypernet.conditions import ConditionSpec
+from .io import CONFIG_NAME as CONFIG_NAME
 
-CONFIG_NAME = "hyper_config.json"
 MODES = ("lora", "full")
 GENERATORS = ("shared", "per_target")
 

@@ -9,9 +9,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 WEIGHTS_NAME = "hyper_model.safetensors"
+CONFIG_NAME = "hyper_config.json"
+TRAINER_WEIGHTS_NAME = "model.safetensors"  # what transformers.Trainer writes for a non-PreTrainedModel
+CONFIG_KEY = "hyper_config"  # the config travels inside state_dict() as a uint8 tensor of JSON
+
+
+def config_to_tensor(record: dict[str, Any]) -> Tensor:
+    return torch.tensor(list(json.dumps(record, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+
+
+def config_from_tensor(tensor: Tensor) -> dict[str, Any]:
+    return json.loads(bytes(tensor.to(torch.uint8).tolist()).decode("utf-8"))
+
+
+def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """(config record, hyper weights) from a save_pretrained directory or a Trainer checkpoint."""
+    if (directory / CONFIG_NAME).is_file():
+        with open(directory / CONFIG_NAME, encoding="utf-8") as f:
+            record = json.load(f)
+        return record, load_tensors(directory / WEIGHTS_NAME)
+    if (directory / TRAINER_WEIGHTS_NAME).is_file():
+        state = load_tensors(directory / TRAINER_WEIGHTS_NAME)
+        if CONFIG_KEY in state:
+            return config_from_tensor(state.pop(CONFIG_KEY)), state
+    raise FileNotFoundError(
+        f"no hyper model in {directory}: expected {CONFIG_NAME} + {WEIGHTS_NAME} (save_pretrained) or a Trainer "
+        f"checkpoint whose {TRAINER_WEIGHTS_NAME} holds a hyper model's state_dict"
+    )
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

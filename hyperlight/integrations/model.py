@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import _IncompatibleKeys
 
 from .._version import __version__
 from ..hypernet.conditions import ConditionEncoder
@@ -23,8 +25,17 @@ from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGen
 from ..hypernetize import hypernetize, unhypernetize
 from ..nn.module import HyperModule
 from .config import CONFIG_NAME, HyperConfig
-from .io import WEIGHTS_NAME, load_tensors, save_json, save_tensors
+from .io import (
+    CONFIG_KEY,
+    WEIGHTS_NAME,
+    config_from_tensor,
+    config_to_tensor,
+    read_checkpoint,
+    save_json,
+    save_tensors,
+)
 from .selection import layer_index, type_key
+from .signature import rebuild, signed_class
 
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
 
@@ -111,6 +122,7 @@ class HyperModel(nn.Module):
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
+        self.__class__ = signed_class(type(self), type(model), tuple(self.condition_names))
         self._target_dtypes = {
             t.name: {k: v.dtype for k, v in t.base.items()} for t in targets
         }  # full mode: cast generated tensors to the pretrained dtype
@@ -249,12 +261,13 @@ class HyperModel(nn.Module):
 
     # -- parameters ----------------------------------------------------------------------------------
 
-    def hyper_state_dict(self) -> dict[str, Tensor]:
+    def hyper_state_dict(self, *, keep_vars: bool = False) -> dict[str, Tensor]:
         """The trained state: condition encoder, generator and `modules_to_save` (never the frozen base)."""
-        state = {f"condition_encoder.{k}": v for k, v in self.condition_encoder.state_dict().items()}
-        state.update({f"generator.{k}": v for k, v in self.generator.state_dict().items()})
-        for name, module in self._saved_modules.items():
-            state.update({f"base_model.{name}.{k}": v for k, v in module.state_dict().items()})
+        parts = [("condition_encoder.", self.condition_encoder), ("generator.", self.generator)]
+        parts += [(f"base_model.{name}.", module) for name, module in self._saved_modules.items()]
+        state: dict[str, Tensor] = {}
+        for prefix, module in parts:
+            state.update({prefix + k: v for k, v in nn.Module.state_dict(module, keep_vars=keep_vars).items()})
         return state
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -268,6 +281,10 @@ class HyperModel(nn.Module):
         print(
             f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
         )
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        base_cls, conditions = type(self)._hl_signature_key
+        return (rebuild, (type(self)._hl_unsigned, base_cls, conditions), self.__dict__.copy())
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -293,71 +310,98 @@ class HyperModel(nn.Module):
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"save_pretrained needs a directory, got the file {directory}")
         save_tensors(directory / WEIGHTS_NAME, self.hyper_state_dict(), {"format": "pt", "hyperlight": __version__})
-        save_json(directory / CONFIG_NAME, {**self.hyper_config.to_dict(), "hyperlight": self._fingerprint()})
+        save_json(directory / CONFIG_NAME, self._config_record())
+
+    def _config_record(self) -> dict[str, Any]:
+        return {**self.hyper_config.to_dict(), "hyperlight": self._fingerprint()}
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False) -> HyperModel:
-        """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory.
+        """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory or a
+        `Trainer` checkpoint directory (whose `model.safetensors` holds the hyper weights and config).
 
         Fails with a clear error if `model` is not the architecture (targets and shapes) it was trained on.
         With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
         """
-        import json
-
         directory = Path(path)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(
-                f"no {CONFIG_NAME} in {directory}: is this a directory written by save_pretrained?"
-            )
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f)
+        saved, state = read_checkpoint(directory)
         provenance = saved.pop("hyperlight", {})
         hyper = cls(model, HyperConfig.from_dict(saved))
-        expected = provenance.get("targets")
-        saved_type, model_type = provenance.get("model_type"), hyper._fingerprint()["model_type"]
-        if saved_type != model_type:
+        try:
+            hyper._check_provenance(provenance, directory)
+        except ValueError:
             hyper.unload()
-            raise ValueError(
-                f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')} "
-                f"(model_type {saved_type!r}), not on a {type(model).__name__} (model_type {model_type!r}); "
-                "load it onto the base model it was trained with"
-            )
-        if expected is not None and expected != hyper._target_shapes:
-            missing = sorted(set(expected) - set(hyper._target_shapes))
-            extra = sorted(set(hyper._target_shapes) - set(expected))
-            differ = [n for n in expected if n in hyper._target_shapes and expected[n] != hyper._target_shapes[n]]
-            detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
-            if differ:
-                detail += (
-                    f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {hyper._target_shapes[differ[0]]})"
-                )
-            hyper.unload()
-            raise ValueError(
-                f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')} "
-                f"({provenance.get('model_type')}) whose targets do not match this {type(model).__name__}: {detail}. "
-                "Load it onto the base model it was trained with"
-            )
-        state = load_tensors(directory / WEIGHTS_NAME)
+            raise
         hyper._load_hyper_state(state)
         if not is_trainable:
             hyper.requires_grad_(False)
             hyper.eval()
         return hyper
 
-    def _load_hyper_state(self, state: Mapping[str, Tensor]) -> None:
+    def _check_provenance(self, provenance: Mapping[str, Any], directory: Path) -> None:
+        saved_type, model_type = provenance.get("model_type"), self._fingerprint()["model_type"]
+        where = f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')}"
+        if saved_type != model_type:
+            raise ValueError(
+                f"{where} (model_type {saved_type!r}), not on a {type(self.base_model).__name__} "
+                f"(model_type {model_type!r}); load it onto the base model it was trained with"
+            )
+        expected, actual = provenance.get("targets"), self._target_shapes
+        if expected is not None and expected != actual:
+            missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+            differ = [n for n in expected if n in actual and expected[n] != actual[n]]
+            detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
+            if differ:
+                detail += f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {actual[differ[0]]})"
+            raise ValueError(
+                f"{where} ({saved_type}) whose targets do not match this {type(self.base_model).__name__}: "
+                f"{detail}. Load it onto the base model it was trained with"
+            )
+
+    # -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """The hyper weights (never the frozen base) plus the config as a tensor, so that a plain
+        `Trainer` checkpoint (`model.safetensors`) is small and loads with `HyperModel.from_pretrained`.
+        `base_state_dict()` gives the base model's."""
+        if args:
+            raise TypeError("state_dict takes keyword arguments only (destination=, prefix=, keep_vars=)")
+        destination = OrderedDict() if destination is None else destination
+        for key, value in self.hyper_state_dict(keep_vars=keep_vars).items():
+            destination[prefix + key] = value
+        destination[prefix + CONFIG_KEY] = config_to_tensor(self._config_record())
+        return destination
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load what `state_dict()` gives (the config entry, if present, must match this model's)."""
+        state = dict(state_dict)
+        record = state.pop(CONFIG_KEY, None)
+        if record is not None:
+            saved = config_from_tensor(record)
+            provenance = saved.pop("hyperlight", {})
+            if HyperConfig.from_dict(saved) != self.hyper_config:
+                raise ValueError("the state dict was saved from a hyper model with another HyperConfig")
+            self._check_provenance(provenance, Path("<state_dict>"))
+        return self._load_hyper_state(state, strict=strict)
+
+    def base_state_dict(self) -> dict[str, Tensor]:
+        """The base model's own state dict (its hypernetized targets' frozen weights included)."""
+        return self.base_model.state_dict()
+
+    def _load_hyper_state(self, state: Mapping[str, Tensor], *, strict: bool = True) -> Any:
         own = self.hyper_state_dict()
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or extra or bad:
+        if bad or (strict and (missing or extra)):
             raise ValueError(
                 f"hyper weights do not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, "
                 f"wrong shapes {bad[:4]}"
             )
-        parts = [("condition_encoder.", self.condition_encoder), ("generator.", self.generator)]
-        parts += [(f"base_model.{name}.", module) for name, module in self._saved_modules.items()]
-        for prefix, module in parts:
-            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        with torch.no_grad():
+            for key, value in state.items():
+                if key in own:
+                    own[key].copy_(value)
+        return _IncompatibleKeys(missing, extra)
 
     # -- merge / unload / export ----------------------------------------------------------------------
 
