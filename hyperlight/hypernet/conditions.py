@@ -108,7 +108,8 @@ class ConditionEncoder(nn.Module):
             if extra:
                 parts.append(f"unexpected condition(s) {extra}")
             raise TypeError(
-                f"{' and '.join(parts)}; this model takes {self.describe()} as keyword arguments, one value per example"
+                f"{' and '.join(parts)}; this model takes {self.describe()} as keyword arguments, "
+                "one value per example"
             )
         device = next(self.parameters()).device
         checked = {name: self._check_one(name, spec, values[name], device) for name, spec in self.specs.items()}
