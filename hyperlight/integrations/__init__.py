@@ -2,9 +2,9 @@
 so lazily where they need it."""
 
 from .config import HyperConfig as HyperConfig
-from .model import HyperModel as HyperModel
-from .model import get_hyper_model as get_hyper_model
 from .data import HyperDataCollator as HyperDataCollator
 from .data import MultiTaskSampler as MultiTaskSampler
 from .data import mixing_weights as mixing_weights
 from .data import temperature_mixture as temperature_mixture
+from .model import HyperModel as HyperModel
+from .model import get_hyper_model as get_hyper_model

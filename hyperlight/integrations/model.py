@@ -69,6 +69,12 @@ def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
     return None
 
 
+def _full_tensor(tensor: Tensor) -> Tensor:
+    """The whole tensor behind an FSDP2-sharded DTensor (a collective: every rank must call it)."""
+    full = getattr(tensor, "full_tensor", None)
+    return full() if callable(full) else tensor
+
+
 def _first_rows(inverse: Tensor, count: int) -> Tensor:
     """For each unique row u, the index of its first occurrence in the batch."""
     positions = torch.arange(inverse.shape[0], device=inverse.device)
@@ -304,12 +310,18 @@ class HyperModel(nn.Module):
             "targets": self._target_shapes,
         }
 
-    def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
-        """Write `hyper_config.json` and `hyper_model.safetensors` (the generator only; atomic writes)."""
+    def save_pretrained(self, save_directory: str | Path, *, is_main_process: bool = True, **_: Any) -> None:
+        """Write `hyper_config.json` and `hyper_model.safetensors` (the hyper weights only; atomic writes).
+
+        Under FSDP call it on every process (sharded weights are gathered), with `is_main_process` true on one.
+        """
         directory = Path(save_directory)
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"save_pretrained needs a directory, got the file {directory}")
-        save_tensors(directory / WEIGHTS_NAME, self.hyper_state_dict(), {"format": "pt", "hyperlight": __version__})
+        state = {k: _full_tensor(v) for k, v in self.hyper_state_dict().items()}
+        if not is_main_process:
+            return
+        save_tensors(directory / WEIGHTS_NAME, state, {"format": "pt", "hyperlight": __version__})
         save_json(directory / CONFIG_NAME, self._config_record())
 
     def _config_record(self) -> dict[str, Any]:

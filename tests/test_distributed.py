@@ -1,0 +1,99 @@
+"""Real multi-process training on CPU (gloo): DDP through `accelerate launch` and `torchrun`, FSDP2 through
+`fully_shard`; the hypernetwork after N steps equals a single-process run over the same global batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "train_distributed.py"
+BIN = Path(sys.executable).parent
+STEPS = ["--steps", "4", "--optimizer", "sgd", "--lr", "0.5"]  # SGD: DDP's averaging is exact up to rounding
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _run(command: list[str], out: Path) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [_free_port() if part == "PORT" else part for part in command]
+    proc = subprocess.run(
+        [*command, "--out", str(out), *STEPS], capture_output=True, text=True, env=env, timeout=240, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    _run([sys.executable, str(SCRIPT)], out)
+    return out
+
+
+LAUNCHES = {
+    "accelerate-ddp": [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "examples/accelerate_ddp.yaml"),
+        "--main_process_port",
+        "PORT",
+        str(SCRIPT),
+    ],
+    "torchrun-ddp": [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "PORT", str(SCRIPT)],
+    "accelerate-fsdp": [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "examples/accelerate_fsdp.yaml"),
+        "--main_process_port",
+        "PORT",
+        str(SCRIPT),
+    ],
+    "torchrun-fsdp2": [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "PORT", str(SCRIPT), "--fsdp"],
+}
+
+
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_two_processes_equal_one(launch, single, tmp_path):
+    log = _run(LAUNCHES[launch], tmp_path)
+    assert "find_unused_parameters" not in log and "unused parameters" not in log
+    record = json.loads((tmp_path / "losses.json").read_text())
+    assert record["world_size"] == 2
+    assert record["fsdp_sharded"] == ("fsdp" in launch)
+    reference = json.loads((single / "losses.json").read_text())
+    assert record["losses"] == pytest.approx(reference["losses"], abs=1e-5)
+    assert record["losses"][-1] < record["losses"][0]
+    ours, theirs = load_file(tmp_path / "hyper_model.safetensors"), load_file(single / "hyper_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=1e-5, rtol=0)
+
+
+def test_fsdp_checkpoint_reloads_in_one_process_with_equal_outputs(tmp_path):
+    _run(LAUNCHES["torchrun-fsdp2"], tmp_path)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from train_distributed import build_hyper, global_batch
+    finally:
+        sys.path.pop(0)
+    from hyperlight import HyperModel
+
+    reloaded = HyperModel.from_pretrained(build_hyper().unload(), tmp_path)
+    with torch.no_grad():
+        logits = reloaded(**global_batch(10_000)).logits
+    torch.testing.assert_close(logits, load_file(tmp_path / "probe.safetensors")["logits"], atol=1e-5, rtol=1e-5)
