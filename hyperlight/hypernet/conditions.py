@@ -139,7 +139,7 @@ class ConditionEncoder(nn.Module):
                     f"condition '{name}' is categorical: expected shape (B,) of ids, got {tuple(t.shape)}"
                 )
             t = t.reshape(-1).long()
-            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= spec.num):
+            if t.numel() and not torch.compiler.is_compiling() and (int(t.min()) < 0 or int(t.max()) >= spec.num):
                 raise ValueError(
                     f"condition '{name}' out of range: expected ids in [0, {spec.num}), got {t.tolist()[:16]}"
                 )
@@ -155,14 +155,18 @@ class ConditionEncoder(nn.Module):
                     f"condition '{name}' is a vector of dim {spec.dim}: expected shape (B, {spec.dim}) or "
                     f"({spec.dim},), got {tuple(t.shape)}"
                 )
-            if not torch.isfinite(t).all():
+            if not torch.compiler.is_compiling() and not torch.isfinite(t).all():
                 raise ValueError(f"condition '{name}' holds non-finite values")
             return t
         if t.dim() > 1:
             raise ValueError(f"condition '{name}' is a scalar: expected shape (B,) or (), got {tuple(t.shape)}")
         t = t.reshape(-1)
         lo, hi = spec.range
-        if t.numel() and (not torch.isfinite(t).all() or float(t.min()) < lo or float(t.max()) > hi):
+        if (
+            t.numel()
+            and not torch.compiler.is_compiling()
+            and (not torch.isfinite(t).all() or float(t.min()) < lo or float(t.max()) > hi)
+        ):
             raise ValueError(
                 f"condition '{name}' out of range: expected values in [{lo}, {hi}], got {t.tolist()[:16]}"
             )

@@ -24,6 +24,7 @@ from ..hypernet.conditions import ConditionEncoder
 from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
 from ..hypernetize import hypernetize, unhypernetize
 from ..nn.module import HyperModule
+from .checkpointing import GradientSink, uses_reentrant_checkpointing
 from .config import CONFIG_NAME, HyperConfig
 from .io import (
     CONFIG_KEY,
@@ -106,6 +107,7 @@ class HyperModel(nn.Module):
         names = config.matched_modules(model)
         targets = self._hypernetize(model, names)
         self.base_model = model
+        self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
         self._saved_modules = self._unfreeze_modules_to_save(model)
         self._base_keywords = _accepted_keywords(model.forward)
 
@@ -215,28 +217,38 @@ class HyperModel(nn.Module):
         condition gets shared (unbatched) tensors, otherwise `(B, *shape)`.
         """
         checked = self.condition_encoder.check(conditions, batch_size)
+        if torch.compiler.is_compiling():
+            # under torch.compile: no data-dependent shapes, so changing conditions never recompile
+            generated = self.generator(self.condition_encoder(checked))  # (B, ...) per example
+            return self._cast(generated, lambda value: value)
         keys = torch.cat([v.reshape(v.shape[0], -1).to(torch.float64) for v in checked.values()], dim=1)  # (B, K)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         first = _first_rows(inverse, unique.shape[0])
         z = self.condition_encoder({k: v[first] for k, v in checked.items()})  # (U, D)
-        generated = self.generator(z)
-        shared = unique.shape[0] == 1
+        if unique.shape[0] == 1:
+            return self._cast(self.generator(z), lambda value: value[0])  # one condition: shared weights
+        return self._cast(self.generator(z), lambda value: value.index_select(0, inverse))  # (U, ...) -> (B, ...)
+
+    def _cast(self, generated: dict[str, dict[str, Tensor]], pick: Any) -> dict[str, dict[str, Tensor]]:
         out: dict[str, dict[str, Tensor]] = {}
         for target, tensors in generated.items():
             dtypes = self._target_dtypes.get(target, {})
-            out[target] = {
-                name: (value[0] if shared else value.index_select(0, inverse)).to(dtypes.get(name, value.dtype))
-                for name, value in tensors.items()
-            }
+            out[target] = {name: pick(value).to(dtypes.get(name, value.dtype)) for name, value in tensors.items()}
         return out
 
-    def set_conditions(self, batch_size: int | None = None, **conditions: Any) -> None:
+    def set_conditions(self, batch_size: int | None = None, **conditions: Any) -> GradientSink | None:
         """Generate the weights for `conditions` and set them on the base model, where they stay until the
         next call (gradient checkpointing re-runs forwards during backward and must see the same weights)."""
+        sink = None
+        if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
+            sink = GradientSink()
         for target, tensors in self.generate_weights(batch_size, **conditions).items():
             module = self._target_modules[target]
+            if sink is not None:
+                tensors = {name: sink.leaf(value) for name, value in tensors.items()}
             module._external_values.update(tensors)
             module._refresh_batch()
+        return sink
 
     def reset_conditions(self) -> None:
         """Clear the generated weights from the base model."""
@@ -254,8 +266,11 @@ class HyperModel(nn.Module):
                 f"unexpected keyword argument(s) {unknown}: neither a condition of this hyper model "
                 f"({self.condition_encoder.describe()}) nor an argument of {type(self.base_model).__name__}.forward"
             )
-        self.set_conditions(_batch_size(args, kwargs), **conditions)
-        return self.base_model(*args, **kwargs)
+        sink = self.set_conditions(_batch_size(args, kwargs), **conditions)
+        output = self.base_model(*args, **kwargs)
+        if sink is not None:
+            sink.attach(output)
+        return output
 
     @torch.no_grad()
     def generate(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,73 @@
+"""Reentrant gradient checkpointing and generated weights.
+
+With `use_reentrant=True`, each checkpointed layer runs its own nested `backward` during the outer one. If
+layers read generated tensors directly, every nested backward walks on into the generator's graph, and the
+second one fails ("Trying to backward through the graph a second time"). So while reentrant-style
+checkpointing is on, the layers get detached leaf copies of the generated tensors; their gradients
+accumulate there, and one backward through the generator runs when the outer backward finishes.
+(Non-reentrant checkpointing needs none of this: externals simply stay set until the next call.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def uses_reentrant_checkpointing(modules: list[nn.Module]) -> bool:
+    """True if a Transformers layer in `modules` has gradient checkpointing on with `use_reentrant` true (or
+    unspecified, torch's historical default)."""
+    for module in modules:
+        if getattr(module, "gradient_checkpointing", False) is True:
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(func, "keywords", {}).get("use_reentrant", True):
+                return True
+    return False
+
+
+class GradientSink:
+    """Detached leaves standing in for generated tensors; `flush` sends their gradients into the generator."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[Tensor, Tensor]] = []
+        self.queued = False
+
+    def leaf(self, value: Tensor) -> Tensor:
+        if not value.requires_grad:
+            return value
+        leaf = value.detach().requires_grad_()
+        self.pairs.append((value, leaf))
+        return leaf
+
+    def attach(self, output: Any) -> None:
+        """Hook the output tensors: the first gradient to reach one queues the flush for the end of backward."""
+
+        def hook(grad: Tensor) -> Tensor:
+            if not self.queued:
+                self.queued = True
+                torch.autograd.Variable._execution_engine.queue_callback(self.flush)
+            return grad
+
+        for tensor in _tensors(output):
+            if tensor.requires_grad:
+                tensor.register_hook(hook)
+
+    def flush(self) -> None:
+        sources = [(value, leaf.grad) for value, leaf in self.pairs if leaf.grad is not None]
+        for _, leaf in self.pairs:
+            leaf.grad = None
+        self.queued = False
+        if sources:
+            torch.autograd.backward([v for v, _ in sources], [g for _, g in sources])
+
+
+def _tensors(output: Any) -> list[Tensor]:
+    if isinstance(output, Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for v in output.values() for t in _tensors(v)]
+    if isinstance(output, (tuple, list)):
+        return [t for v in output for t in _tensors(v)]
+    return []
