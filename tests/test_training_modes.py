@@ -109,7 +109,7 @@ def test_torch_compile_trains_without_recompiling_as_conditions_change():
             # the first step traces with unset externals, the second with set ones; after that nothing may recompile
             torch._dynamo.config.error_on_recompile = i >= 2
             losses = []
-            for model, fn, opt in ((eager, eager, opts[0]), (compiled, step, opts[1])):
+            for fn, opt in ((eager, opts[0]), (step, opts[1])):
                 loss = fn(input_ids=ids, labels=ids, task=torch.tensor(task)).loss
                 loss.backward()
                 opt.step()
