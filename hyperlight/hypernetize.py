@@ -285,9 +285,7 @@ def merged_lowrank_weight(module: nn.Module, lora_a: Tensor, lora_b: Tensor) -> 
     return (weight.to(torch.float32) + delta.to(weight.device)).to(weight.dtype)
 
 
-def unhypernetize(
-    model: nn.Module, values: Mapping[str, Tensor] | None = None, *, inplace: bool = True
-) -> nn.Module:
+def unhypernetize(model: nn.Module, values: Mapping[str, Tensor] | None = None, *, inplace: bool = True) -> nn.Module:
     """The way back: a plain model with the original classes and `state_dict` keys.
 
     Full externals take `values[name]` when given, else the pretrained values kept by `hypernetize`.
@@ -358,9 +356,7 @@ def _restore(module: nn.Module, prefix: str, given: Mapping[str, Tensor]) -> Non
             elif original is not None:
                 value = original
             else:
-                raise KeyError(
-                    f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True"
-                )
+                raise KeyError(f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True")
             grad = requires_grad.get(name, True)
             module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=grad)
     order = module.__dict__.get("_hl_param_order", [])

@@ -223,6 +223,8 @@ class HyperModel(nn.Module):
             return self._cast(generated, lambda value: value)
         keys = torch.cat([v.reshape(v.shape[0], -1).to(torch.float64) for v in checked.values()], dim=1)  # (B, K)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+        if unique.shape[0] == keys.shape[0] > 1:  # all rows distinct: generate in batch order, nothing to gather
+            return self._cast(self.generator(self.condition_encoder(checked)), lambda value: value)
         first = _first_rows(inverse, unique.shape[0])
         z = self.condition_encoder({k: v[first] for k, v in checked.items()})  # (U, D)
         if unique.shape[0] == 1:

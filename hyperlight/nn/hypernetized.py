@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .external import UninitializedExternalError
-from .functional import lowrank_delta
+from .functional import lowrank_add
 from .layers import batched_forward_for
 from .module import HyperModule
 from .per_example import per_example_forward
@@ -97,7 +97,7 @@ class LowRankModule(HypernetizedModule):
         lora_a, lora_b = self.lora_A, self.lora_B
         p = self.__dict__.get("lora_dropout", 0.0)
         h = F.dropout(x, p, self.training) if p else x
-        return y + lowrank_delta(h, lora_a, lora_b, self.__dict__.get("lora_scaling", 1.0))
+        return lowrank_add(y, h, lora_a, lora_b, self.__dict__.get("lora_scaling", 1.0))
 
 
 _MIXINS = {"full": HypernetizedModule, "lowrank": LowRankModule}

@@ -110,7 +110,15 @@ class _HyperConvNd(HyperModule):
         super().__init__()
         # torch validates the arguments and derives the padding; the meta copy allocates nothing
         ref = self._reference(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
             device="meta",
         )
         for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):

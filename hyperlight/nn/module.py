@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from .external import ExternalParameter, Shape, UninitializedExternalError
 
 _STATE_KEYS = (
-    "_externals", "_external_values", "_external_batch", "_external_prefix", "_external_index", "_external_index_gen"
+    "_externals",
+    "_external_values",
+    "_external_batch",
+    "_external_prefix",
+    "_external_index",
+    "_external_index_gen",
 )
 # Bumped whenever an external is declared or removed anywhere: cached indexes built before are then stale.
 _declarations = [0]

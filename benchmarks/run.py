@@ -1,0 +1,320 @@
+"""hyperlight vs PEFT, side by side in one process: speed, hypernetwork size, memory. Prints a markdown table.
+
+    python benchmarks/run.py                  # the README's table (Llama-shaped, hidden 512, 8 layers)
+    python benchmarks/run.py --size tiny      # a smoke run (the test suite uses it)
+    python benchmarks/run.py --device cuda    # the same table in bf16 on a GPU
+
+Timings are medians of repeated runs after a warm-up; each row times both sides in turn, in the same
+process, on the same inputs. Ratios < 1 mean hyperlight is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_TARGETS = [*TARGETS, "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class Size:
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    seq: int
+    batch: int
+    new_tokens: int
+    repeats: int
+
+
+SIZES = {
+    "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 5),
+    "tiny": Size(64, 2, 128, 4, 4, 256, 16, 4, 4, 2),
+}
+TASKS, RANK = 8, 8
+
+
+def llama(size: Size, *, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=size.vocab,
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        max_position_embeddings=size.seq + size.new_tokens + 8,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+
+
+def hyper_model(base, *, tasks: int = TASKS, targets: list[str] = TARGETS):
+    from hyperlight import HyperConfig, get_hyper_model
+
+    config = HyperConfig(target_modules=targets, conditions={"task": {"type": "categorical", "num": tasks}}, rank=RANK)
+    hyper = get_hyper_model(base, config)
+    with torch.no_grad():  # leave the identity init so both sides compute a non-trivial update
+        for p in hyper.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return hyper
+
+
+def peft_model(base, adapters: int = 1, targets: list[str] = TARGETS):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets, init_lora_weights=False)
+    model = get_peft_model(base, config, adapter_name="task0")
+    for i in range(1, adapters):
+        model.add_adapter(f"task{i}", config)
+    return model
+
+
+def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
+    fn()  # warm-up
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def row(name: str, ours: float, theirs: float, target: str, unit: str = "s") -> dict[str, str]:
+    ratio = ours / theirs
+    return {
+        "what": name,
+        "hyperlight": f"{ours:.3f} {unit}",
+        "peft / base": f"{theirs:.3f} {unit}",
+        "ratio": f"{ratio:.2f}",
+        "target": target,
+    }
+
+
+def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, str]]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, size.vocab, (size.batch, size.seq), generator=g).to(device)
+    tasks = (torch.arange(size.batch) % TASKS).to(device)  # every batch mixes all tasks
+    names = [f"task{int(t)}" for t in tasks]
+    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+    rows = []
+
+    # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
+    hyper = hyper_model(llama(size, device=device)).train()
+    peft1 = peft_model(llama(size, device=device)).train()
+
+    def train_step(model, **kw):
+        opt = model._bench_opt
+        with autocast:
+            loss = model(input_ids=ids, labels=ids, **kw).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for m in (hyper, peft1):
+        m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    t_h = median_time(lambda: train_step(hyper, task=tasks), size.repeats, sync)
+    t_p = median_time(lambda: train_step(peft1), size.repeats, sync)
+    rows.append(row("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", t_h, t_p, "<= 1.15"))
+    del hyper, peft1
+
+    # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
+    hyper = hyper_model(llama(size, device=device, dtype=dtype)).eval()
+    peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
+    with torch.no_grad():
+        t_h = median_time(lambda: hyper(input_ids=ids, task=tasks), size.repeats, sync)
+        t_p = median_time(lambda: peft8(input_ids=ids, adapter_names=names), size.repeats, sync)
+        rows.append(row("mixed-task forward (PEFT: 8 adapters, adapter_names)", t_h, t_p, "<= 1.0"))
+        gen = {"max_new_tokens": size.new_tokens, "min_new_tokens": size.new_tokens, "do_sample": False}
+        prompt = ids[:, : size.seq // 2]
+        t_h = median_time(lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), size.repeats, sync)
+        t_p = median_time(lambda: peft8.generate(input_ids=prompt, adapter_names=names, **gen), size.repeats, sync)
+        rows.append(row(f"mixed-task generate, {size.new_tokens} new tokens greedy", t_h, t_p, "<= 1.0"))
+
+        # 4. weights are generated once per distinct condition, and once per generate call
+        def per_step_generation():  # what a wrapper without the cache does: run the generator at every step
+            handle = hyper.base_model.register_forward_pre_hook(
+                lambda module, args, kwargs: hyper.set_conditions(
+                    None, task=tasks.repeat_interleave(kwargs["input_ids"].shape[0] // tasks.shape[0])
+                ),
+                with_kwargs=True,
+            )
+            try:
+                hyper.generate(input_ids=prompt, task=tasks, **gen)
+            finally:
+                handle.remove()
+
+        t_cached = median_time(lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), size.repeats, sync)
+        t_uncached = median_time(per_step_generation, size.repeats, sync)
+        rows.append(
+            {
+                "what": "generate: weights once per call vs at every decoding step",
+                "hyperlight": f"{t_cached:.3f} s",
+                "peft / base": f"{t_uncached:.3f} s (every step)",
+                "ratio": f"{t_cached / t_uncached:.2f}",
+                "target": "< 1",
+            }
+        )
+        repeated = tasks.new_full(tasks.shape, 3)
+        calls = []
+        hook = hyper.generator.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+        hyper(input_ids=ids, task=repeated)
+        hyper(input_ids=ids, task=tasks)
+        hook.remove()
+        rows.append(
+            {
+                "what": f"generator rows for a batch of {size.batch}: one task / {TASKS} tasks",
+                "hyperlight": f"{calls[0]} / {calls[1]}",
+                "peft / base": "-",
+                "ratio": "-",
+                "target": f"1 / {min(TASKS, size.batch)}",
+            }
+        )
+
+        # 5. merged model vs the plain base model
+        merged = hyper.merge_and_unload(task=2)
+        plain = llama(size, device=device, dtype=dtype)
+        t_m = median_time(lambda: merged(input_ids=ids), size.repeats, sync)
+        t_b = median_time(lambda: plain(input_ids=ids), size.repeats, sync)
+        rows.append(row("merge_and_unload(task=2) forward vs the base model", t_m, t_b, "1.00 ± noise"))
+    return rows
+
+
+LLAMA_SHAPES = {
+    "Llama-2-7B": dict(hidden=4096, layers=32, intermediate=11008, heads=32, kv_heads=32, vocab=32000),
+    "Llama-3-70B": dict(hidden=8192, layers=80, intermediate=28672, heads=64, kv_heads=8, vocab=128256),
+}
+
+
+def size_rows() -> list[dict[str, str]]:
+    """Trainable parameters on the meta device (nothing allocated): hyperlight vs PEFT LoRA, all 7 projections."""
+    rows = []
+    for name, shape in LLAMA_SHAPES.items():
+        size = Size(**shape, seq=8, batch=1, new_tokens=0, repeats=0)
+        with torch.device("meta"):
+            base_params = sum(p.numel() for p in llama(size, device="meta").parameters())
+            lora1 = peft_model(llama(size, device="meta"), 1, ALL_TARGETS).get_nb_trainable_parameters()[0]
+            counts = {}
+            for tasks in (10, 100, 1000):
+                hyper = hyper_model_meta(llama(size, device="meta"), tasks)
+                counts[tasks] = hyper.get_nb_trainable_parameters()[0]
+        lora10 = 10 * lora1
+        best = counts[1000]
+        rows.append(
+            {
+                "what": f"{name} ({base_params / 1e9:.1f}B), rank 8 on q,k,v,o,gate,up,down",
+                "hyperlight": " / ".join(f"{counts[t] / 1e6:.1f}M" for t in (10, 100, 1000)) + " (10/100/1000 tasks)",
+                "peft / base": f"{lora1 / 1e6:.1f}M (1 adapter) / {lora10 / 1e6:.1f}M (10)",
+                "ratio": f"{best / lora10:.2f} of 10 adapters; {100 * best / base_params:.2f}% of base",
+                "target": "< 10 adapters, < 1%",
+            }
+        )
+    return rows
+
+
+def hyper_model_meta(base, tasks: int):
+    from hyperlight import HyperConfig, get_hyper_model
+
+    config = HyperConfig(
+        target_modules=ALL_TARGETS, conditions={"task": {"type": "categorical", "num": tasks}}, rank=RANK
+    )
+    return get_hyper_model(base, config)
+
+
+def memory_rows(size: Size, device: str) -> list[dict[str, str]]:
+    """Peak memory of a training step, each side in a fresh process (RSS on CPU, the allocator on CUDA)."""
+    if device == "cuda":
+        return []
+    peaks = {}
+    for side in ("hyperlight", "peft"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-probe", side, "--size", _size_name(size)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+        )
+        peaks[side] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    return [row("peak RSS growth during 3 training steps", peaks["hyperlight"], peaks["peft"], "~1", "MB")]
+
+
+def _size_name(size: Size) -> str:
+    return next(k for k, v in SIZES.items() if v == size)
+
+
+def memory_probe(side: str, size: Size) -> None:
+    import resource
+
+    base = llama(size)
+    model = (hyper_model(base) if side == "hyperlight" else peft_model(base)).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(1, size.vocab, (size.batch, size.seq))
+    kw = {"task": torch.arange(size.batch) % TASKS} if side == "hyperlight" else {}
+    with open("/proc/self/statm") as f:
+        before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    for _ in range(3):
+        model(input_ids=ids, labels=ids, **kw).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
+    print(json.dumps({"peak_mb": peak - before}))
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    header = ["what", "hyperlight", "peft / base", "ratio", "target"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "size", "memory"])
+    parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    size = SIZES[args.size]
+    if args.memory_probe:
+        memory_probe(args.memory_probe, size)
+        return
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    if "speed" not in args.skip:
+        rows += speed_rows(size, args.device, dtype)
+    if "size" not in args.skip:
+        rows += size_rows()
+    if "memory" not in args.skip:
+        rows += memory_rows(size, args.device)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
+    print(
+        f"# {args.size}: hidden {size.hidden}, {size.layers} layers, seq {size.seq}, batch {size.batch}, "
+        f"rank {RANK} on q,k,v,o, {TASKS} tasks; {device}, {dtype}; torch {torch.__version__}"
+    )
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

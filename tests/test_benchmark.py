@@ -1,0 +1,38 @@
+"""The benchmark script runs end to end on a tiny configuration and prints its table (timings are not
+asserted here; the README's table comes from the full-size run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+
+def test_benchmark_smoke_run_prints_every_row():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--size", "tiny"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    rows = {line.split(" | ")[0].strip("| ") for line in table[1:]}
+    for expected in (
+        "training step",
+        "mixed-task forward",
+        "mixed-task generate",
+        "generate: weights once",
+        "generator rows",
+        "merge_and_unload",
+        "Llama-2-7B",
+        "Llama-3-70B",
+        "peak RSS",
+    ):
+        assert any(r.startswith(expected) for r in rows), (expected, rows)
+    sizes = [line for line in table if line.startswith("| Llama-")]
+    for line in sizes:  # the size rows are exact counts, so their targets are checked
+        share = float(line.split("; ")[1].split("%")[0])
+        of_ten = float(line.split(" | ")[3].split(" of ")[0])
+        assert share < 1.0 and of_ten < 1.0, line
