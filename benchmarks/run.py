@@ -137,7 +137,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     t_h = median_time(lambda: train_step(hyper, task=tasks), size.repeats, sync)
     t_p = median_time(lambda: train_step(peft1), size.repeats, sync)
     rows.append(row("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", t_h, t_p, "<= 1.15"))
-    del hyper, peft1
+    hyper = peft1 = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
     hyper = hyper_model(llama(size, device=device, dtype=dtype)).eval()
