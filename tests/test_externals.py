@@ -239,21 +239,49 @@ def hypernetized_linear():
 
 
 SET_ERRORS = [
-    ("unknown", lambda: (Net(), {"conv.kernel": torch.zeros(1)}), KeyError,
-     r"unknown external\(s\) \['conv.kernel'\]"),
-    ("shape", lambda: (Net(), {"out.weight": torch.zeros(4, 2)}), ValueError,
-     r"shape mismatch for 'out.weight': expected \(2, 4\) or \(B, \*\(2, 4\)\) per example, got \(4, 2\)"),
+    (
+        "unknown",
+        lambda: (Net(), {"conv.kernel": torch.zeros(1)}),
+        KeyError,
+        r"unknown external\(s\) \['conv.kernel'\]",
+    ),
+    (
+        "shape",
+        lambda: (Net(), {"out.weight": torch.zeros(4, 2)}),
+        ValueError,
+        r"shape mismatch for 'out.weight': expected \(2, 4\) or \(B, \*\(2, 4\)\) per example, got \(4, 2\)",
+    ),
     ("rank", lambda: (Net(), {"scale": torch.zeros(1, 1, 2)}), ValueError, r"shape mismatch for 'scale'"),
-    ("int dtype", lambda: (Net(), {"out.bias": torch.zeros(2, dtype=torch.long)}), TypeError,
-     r"dtype mismatch for 'out.bias': expected a floating-point tensor, got torch.int64"),
-    ("declared dtype", lambda: (HyperLinear(4, 2, dtype=torch.float64), {"weight": torch.zeros(2, 4)}), TypeError,
-     r"dtype mismatch for 'weight': expected torch.float64, got torch.float32"),
-    ("device", lambda: (hypernetized_linear(), {"weight": torch.zeros(3, 4, device="meta")}), ValueError,
-     r"device mismatch for 'weight': the module lives on cpu, the value on meta"),
-    ("batch sizes", lambda: (Net(), {"out.weight": torch.zeros(3, 2, 4), "out.bias": torch.zeros(5, 2)}), ValueError,
-     r"per-example externals must share one batch size, got \{'out.weight': 3, 'out.bias': 5\}"),
-    ("not a tensor", lambda: (Net(), {"scale": [1.0, 2.0]}), TypeError,
-     r"external 'scale' must be set to a torch.Tensor, got list"),
+    (
+        "int dtype",
+        lambda: (Net(), {"out.bias": torch.zeros(2, dtype=torch.long)}),
+        TypeError,
+        r"dtype mismatch for 'out.bias': expected a floating-point tensor, got torch.int64",
+    ),
+    (
+        "declared dtype",
+        lambda: (HyperLinear(4, 2, dtype=torch.float64), {"weight": torch.zeros(2, 4)}),
+        TypeError,
+        r"dtype mismatch for 'weight': expected torch.float64, got torch.float32",
+    ),
+    (
+        "device",
+        lambda: (hypernetized_linear(), {"weight": torch.zeros(3, 4, device="meta")}),
+        ValueError,
+        r"device mismatch for 'weight': the module lives on cpu, the value on meta",
+    ),
+    (
+        "batch sizes",
+        lambda: (Net(), {"out.weight": torch.zeros(3, 2, 4), "out.bias": torch.zeros(5, 2)}),
+        ValueError,
+        r"per-example externals must share one batch size, got \{'out.weight': 3, 'out.bias': 5\}",
+    ),
+    (
+        "not a tensor",
+        lambda: (Net(), {"scale": [1.0, 2.0]}),
+        TypeError,
+        r"external 'scale' must be set to a torch.Tensor, got list",
+    ),
 ]
 
 
@@ -319,8 +347,11 @@ def test_declarations_changed_after_indexing_are_seen():
     layer.set_externals(gain=torch.ones(2))
     assert layer.externals_are_set()
     del layer.weight
-    with pytest.raises(KeyError, match=r"unknown external\(s\) \['weight'\]; this model's externals are "
-                                       r"\['bias', 'gain'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"unknown external\(s\) \['weight'\]; this model's externals are "
+        r"\['bias', 'gain'\]",
+    ):
         layer.set_externals(weight=torch.zeros(2, 3))
 
     net = Net()

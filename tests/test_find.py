@@ -51,9 +51,11 @@ def test_find_modules_of_type_rejects(types, error, message):
 
 
 def test_find_rejects_a_non_module():
-    for fn, kwargs in [(find_modules_of_type, {"module_types": nn.Linear}),
-                       (find_modules_from_patterns, {"globs": ["*"]}),
-                       (find_parameters_from_patterns, {"globs": ["*"]})]:
+    for fn, kwargs in [
+        (find_modules_of_type, {"module_types": nn.Linear}),
+        (find_modules_from_patterns, {"globs": ["*"]}),
+        (find_parameters_from_patterns, {"globs": ["*"]}),
+    ]:
         with pytest.raises(TypeError, match="model must be an nn.Module, got dict"):
             fn({}, **kwargs)
 
@@ -83,8 +85,18 @@ def test_find_modules_from_patterns(globs, regex, expected):
 @pytest.mark.parametrize(
     "globs, regex, expected",
     [
-        (["*.weight"], None, ["stem.weight", "blocks.0.0.weight", "blocks.0.1.weight", "blocks.0.2.weight",
-                              "blocks.1.0.weight", "head.weight"]),
+        (
+            ["*.weight"],
+            None,
+            [
+                "stem.weight",
+                "blocks.0.0.weight",
+                "blocks.0.1.weight",
+                "blocks.0.2.weight",
+                "blocks.1.0.weight",
+                "head.weight",
+            ],
+        ),
         (["blocks*0.bias"], None, ["blocks.0.0.bias", "blocks.1.0.bias"]),
         (None, [r"^(stem|head)\.bias$"], ["stem.bias", "head.bias"]),
         (["head.*"], [r"^stem"], ["stem.weight", "stem.bias", "head.weight", "head.bias"]),  # model order

@@ -31,8 +31,18 @@ def test_alias_is_the_same_class():
         ({"a": (3,), "t": ()}, {"t": torch.rand(2), "a": torch.rand(2, 3)}, 2),
         ({"a": (3,), "t": ()}, {"a": torch.rand(2, 3), "t": torch.tensor(0.5)}, 2),  # one batched, one shared
     ],
-    ids=["vector", "vector-batched", "scalar", "scalar-number", "scalar-batched", "matrix", "matrix-batched",
-         "mixed", "mixed-batched", "mixed-broadcast"],
+    ids=[
+        "vector",
+        "vector-batched",
+        "scalar",
+        "scalar-number",
+        "scalar-batched",
+        "matrix",
+        "matrix-batched",
+        "mixed",
+        "mixed-batched",
+        "mixed-broadcast",
+    ],
 )
 @pytest.mark.parametrize("encoding", ["cos|sin", "z|1-z", None])
 def test_output_shapes_follow_the_input_batch(input_shapes, inputs, batch, encoding):
@@ -86,10 +96,16 @@ def test_invalid_construction(kwargs, error, message):
         ({}, TypeError, r"expects inputs \['a', 'b'\] as keyword arguments; missing \['a', 'b'\], unexpected \[\]"),
         ({"a": torch.rand(2)}, TypeError, r"missing \['b'\], unexpected \[\]"),
         ({"a": torch.rand(2), "b": torch.rand(()), "c": 1.0}, TypeError, r"missing \[\], unexpected \['c'\]"),
-        ({"a": torch.rand(3), "b": torch.rand(())}, ValueError,
-         r"wrong shape for input 'a': expected \(2,\) or \(B, \*\(2,\)\), got \(3,\)"),
-        ({"a": torch.rand(4, 2), "b": torch.rand(3)}, ValueError,
-         r"inputs have different batch sizes: 4 and 3 \('b'\)"),
+        (
+            {"a": torch.rand(3), "b": torch.rand(())},
+            ValueError,
+            r"wrong shape for input 'a': expected \(2,\) or \(B, \*\(2,\)\), got \(3,\)",
+        ),
+        (
+            {"a": torch.rand(4, 2), "b": torch.rand(3)},
+            ValueError,
+            r"inputs have different batch sizes: 4 and 3 \('b'\)",
+        ),
     ],
     ids=["none", "missing", "extra", "shape", "batch"],
 )
@@ -140,8 +156,16 @@ def test_delta_init_zero_outputs_theta0_for_every_input():
 
 
 def test_theta0_initial_values_by_kind():
-    shapes = {"conv.weight": (8, 3, 3, 3), "conv.bias": (8,), "norm.weight": (8,), "norm.bias": (8,),
-              "out.weight": (2, 8), "empty.weight": (0, 4), "lora_A": (2, 8), "lora_B": (8, 2)}
+    shapes = {
+        "conv.weight": (8, 3, 3, 3),
+        "conv.bias": (8,),
+        "norm.weight": (8,),
+        "norm.bias": (8,),
+        "out.weight": (2, 8),
+        "empty.weight": (0, 4),
+        "lora_A": (2, 8),
+        "lora_B": (8, 2),
+    }
     net = HyperNet({"h": (1,)}, shapes, [4])
     theta0 = net.get_independent_weights()
     assert {k: tuple(v.shape) for k, v in theta0.items()} == shapes
@@ -151,7 +175,7 @@ def test_theta0_initial_values_by_kind():
     for name in ("conv.weight", "out.weight", "lora_A"):
         assert theta0[name].std() > 0
     # Kaiming (fan_in) scale for weights
-    assert 0.3 < theta0["conv.weight"].std().item() * (27 ** 0.5) / (2 ** 0.5) < 3
+    assert 0.3 < theta0["conv.weight"].std().item() * (27**0.5) / (2**0.5) < 3
 
 
 def test_training_moves_every_part():
@@ -213,11 +237,18 @@ def test_from_existing_keeps_the_weights_dtype(dtype):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"output_shapes": {"w": (4, 3)}}, ValueError, r"output_shapes and weights disagree: missing weights \[\], "
-                                                       r"extra \['b'\]"),
+        (
+            {"output_shapes": {"w": (4, 3)}},
+            ValueError,
+            r"output_shapes and weights disagree: missing weights \[\], "
+            r"extra \['b'\]",
+        ),
         ({"output_shapes": {"w": (4, 3), "b": (4,), "c": (1,)}}, ValueError, r"missing weights \['c'\]"),
-        ({"output_shapes": {"w": (3, 4), "b": (4,)}}, ValueError,
-         r"shape mismatch for 'w': output_shapes says \(3, 4\), weight is \(4, 3\)"),
+        (
+            {"output_shapes": {"w": (3, 4), "b": (4,)}},
+            ValueError,
+            r"shape mismatch for 'w': output_shapes says \(3, 4\), weight is \(4, 3\)",
+        ),
         ({"layer_sizes": [8]}, TypeError, "did you mean hidden_sizes="),
         ({"weights": {}}, TypeError, "weights must be a non-empty dict"),
     ],

@@ -78,8 +78,9 @@ def per_example(values: dict, batch: int) -> dict:
 
 def looped(reference: nn.Module, values: dict, x: torch.Tensor) -> torch.Tensor:
     """Example b alone (a batch of one) through the original model with its own values."""
-    return torch.cat([functional_call(reference, {n: v[b] for n, v in values.items()}, (x[b : b + 1],))
-                      for b in range(x.shape[0])])
+    return torch.cat(
+        [functional_call(reference, {n: v[b] for n, v in values.items()}, (x[b : b + 1],)) for b in range(x.shape[0])]
+    )
 
 
 # -- the spec's examples -------------------------------------------------------------------------------
@@ -115,8 +116,7 @@ def test_spec_sequential_example():
 
 def test_pretrained_values_reproduce_the_model_and_per_example_equals_loop():
     reference = randomize_stats(spec_sequential(channels=6))
-    model, values = hypernetize(reference, modules=[reference.conv, reference.out], return_values=True,
-                                inplace=False)
+    model, values = hypernetize(reference, modules=[reference.conv, reference.out], return_values=True, inplace=False)
     assert list(values) == list(model.external_shapes())
     x = torch.randn(3, 3, 6, 6)
     with model.using_externals(values):
@@ -224,30 +224,66 @@ def _small():
 SELECT_ERRORS = [
     ("nothing", lambda: (_small(), {}), ValueError, r"nothing to hypernetize: pass modules=\[...\]"),
     ("empty list", lambda: (_small(), {"modules": []}), ValueError, "nothing to hypernetize"),
-    ("no parameters", lambda: ((m := _small()), {"modules": [m[1]]}), ValueError,
-     "ReLU given in modules= has no parameters to hypernetize"),
-    ("foreign module", lambda: (_small(), {"modules": [nn.Linear(3, 4)]}), ValueError,
-     "Linear given in modules= is not part of the model being hypernetized"),
-    ("foreign parameter", lambda: (_small(), {"parameters": [nn.Parameter(torch.zeros(2, 2))]}), ValueError,
-     r"a parameter of shape \(2, 2\) given in parameters= is not a parameter of the model"),
-    ("string parameter", lambda: (_small(), {"parameters": ["0.weight"]}), TypeError,
-     "got the string '0.weight'; use hypernetize_single"),
+    (
+        "no parameters",
+        lambda: ((m := _small()), {"modules": [m[1]]}),
+        ValueError,
+        "ReLU given in modules= has no parameters to hypernetize",
+    ),
+    (
+        "foreign module",
+        lambda: (_small(), {"modules": [nn.Linear(3, 4)]}),
+        ValueError,
+        "Linear given in modules= is not part of the model being hypernetized",
+    ),
+    (
+        "foreign parameter",
+        lambda: (_small(), {"parameters": [nn.Parameter(torch.zeros(2, 2))]}),
+        ValueError,
+        r"a parameter of shape \(2, 2\) given in parameters= is not a parameter of the model",
+    ),
+    (
+        "string parameter",
+        lambda: (_small(), {"parameters": ["0.weight"]}),
+        TypeError,
+        "got the string '0.weight'; use hypernetize_single",
+    ),
     ("non-module", lambda: (_small(), {"modules": ["0"]}), TypeError, "modules must hold nn.Module objects, got str"),
-    ("twice by module", _twice_by_module, ValueError,
-     "already hypernetized .* a parameter can only be hypernetized once"),
+    (
+        "twice by module",
+        _twice_by_module,
+        ValueError,
+        "already hypernetized .* a parameter can only be hypernetized once",
+    ),
     ("twice by parameter", _twice_by_parameter, ValueError, "a parameter can only be hypernetized once"),
     ("twice low rank", _twice_low_rank, ValueError, "'0' already has low-rank externals"),
     ("full after low rank", _full_after_low_rank, ValueError, "'0' already has low-rank externals"),
     ("low rank after full", _low_rank_after_full, ValueError, "'0' already has full externals"),
-    ("rank on a model with a norm", lambda: ((m := nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))),
-                                             {"modules": [m], "rank": 2}), TypeError, "got LayerNorm at '1'"),
+    (
+        "rank on a model with a norm",
+        lambda: ((m := nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))), {"modules": [m], "rank": 2}),
+        TypeError,
+        "got LayerNorm at '1'",
+    ),
     ("rank 0", lambda: ((m := _small()), {"modules": [m[0]], "rank": 0}), ValueError, "rank must be a positive int"),
-    ("dropout", lambda: ((m := _small()), {"modules": [m[0]], "rank": 2, "dropout": 1.0}), ValueError,
-     r"dropout must be in \[0, 1\)"),
-    ("rank on a norm", lambda: ((m := _small()), {"modules": [m], "rank": 2}), TypeError,
-     "low-rank externals need a linear-like layer .* got LayerNorm at '2'"),
-    ("rank without weight", lambda: ((m := _small()), {"parameters": [m[0].bias], "rank": 2}), ValueError,
-     "low-rank externals attach to a layer's weight; '0' was selected without it"),
+    (
+        "dropout",
+        lambda: ((m := _small()), {"modules": [m[0]], "rank": 2, "dropout": 1.0}),
+        ValueError,
+        r"dropout must be in \[0, 1\)",
+    ),
+    (
+        "rank on a norm",
+        lambda: ((m := _small()), {"modules": [m], "rank": 2}),
+        TypeError,
+        "low-rank externals need a linear-like layer .* got LayerNorm at '2'",
+    ),
+    (
+        "rank without weight",
+        lambda: ((m := _small()), {"parameters": [m[0].bias], "rank": 2}),
+        ValueError,
+        "low-rank externals attach to a layer's weight; '0' was selected without it",
+    ),
 ]
 
 
@@ -383,8 +419,11 @@ def test_torch_layers_use_their_batched_kernel(build, make_input):
 
 def test_expanded_input_batch_shares_each_examples_values():
     """An input batch k·B (beam search, num_return_sequences) gives rows b·k … b·k+k−1 the values of example b."""
-    for reference, x in [(nn.Linear(4, 2), torch.randn(6, 4)), (Gain(6), torch.randn(6, 2, 3)),
-                         (nn.Conv2d(2, 3, 3), torch.randn(6, 2, 4, 4))]:
+    for reference, x in [
+        (nn.Linear(4, 2), torch.randn(6, 4)),
+        (Gain(6), torch.randn(6, 2, 3)),
+        (nn.Conv2d(2, 3, 3), torch.randn(6, 2, 4, 4)),
+    ]:
         model, values = hypernetize(reference, modules=[reference], return_values=True, inplace=False)
         batched = per_example(values, batch=3)
         with model.using_externals(batched):
@@ -396,8 +435,10 @@ def test_vmap_fallback_needs_a_batched_input():
     norm = nn.LayerNorm(4)
     model = hypernetize(norm, modules=[norm])
     model.set_externals(weight=torch.ones(3, 4), bias=torch.zeros(3, 4))
-    with pytest.raises(ValueError, match="per-example externals were set for a batch of 3, but no input tensor has "
-                                         "a first dimension of 3"):
+    with pytest.raises(
+        ValueError,
+        match="per-example externals were set for a batch of 3, but no input tensor has a first dimension of 3",
+    ):
         model(torch.randn(2, 4))
 
 
@@ -463,8 +504,9 @@ def test_low_rank_fp32_factors_drive_a_bf16_layer():
     with model.using_externals(factors):
         y = model(x)
     assert y.dtype == torch.bfloat16
-    expected = torch.stack([base(x[i]).float() + x[i].float() @ factors["lora_A"][i].T @ factors["lora_B"][i].T
-                            for i in range(3)])
+    expected = torch.stack(
+        [base(x[i]).float() + x[i].float() @ factors["lora_A"][i].T @ factors["lora_B"][i].T for i in range(3)]
+    )
     close(y.float(), expected, atol=0.1)
 
 
@@ -488,8 +530,12 @@ def test_register_linear_like_for_transposed_layers(monkeypatch):
     reference = TransposedLinear(6, 4)
     with pytest.raises(TypeError, match="low-rank externals need a linear-like layer"):
         hypernetize(reference, modules=[reference], rank=2, inplace=False)
-    register_linear_like(TransposedLinear, in_features=lambda m: m.weight.shape[0],
-                         out_features=lambda m: m.weight.shape[1], transposed=True)
+    register_linear_like(
+        TransposedLinear,
+        in_features=lambda m: m.weight.shape[0],
+        out_features=lambda m: m.weight.shape[1],
+        transposed=True,
+    )
     model = hypernetize(reference, modules=[reference], rank=2, alpha=4.0, inplace=False)
     assert model.external_shapes() == {"lora_A": (2, 6), "lora_B": (4, 2)}
     factors = {"lora_A": torch.randn(2, 6), "lora_B": torch.randn(4, 2)}
@@ -587,21 +633,42 @@ def _with_externals():
 
 UNHYPERNETIZE_ERRORS = [
     ("plain model", lambda: (nn.Linear(2, 2), {}), TypeError, "expected a hypernetized model"),
-    ("unknown", lambda: (_with_externals(), {"values": {"0.kernel": torch.zeros(1)}}), KeyError,
-     r"values for unknown externals \['0.kernel'\]"),
-    ("per example", lambda: (_with_externals(), {"values": {"0.bias": torch.zeros(4, 2)}}), ValueError,
-     r"shape mismatch for '0.bias': expected \(2,\), got \(4, 2\) \(per-example values cannot be baked"),
-    ("no original", lambda: ((m := nn.Sequential(nn.Linear(3, 2))),
-                             {"model": hypernetize(m, modules=[m[0]], keep_original=False)}), KeyError,
-     "no value for '0.weight': pass it in values=, or hypernetize with keep_original=True"),
-    ("one factor", lambda: ((m := nn.Linear(3, 2)), {"model": hypernetize(m, modules=[m], rank=1),
-                                                    "values": {"lora_A": torch.zeros(1, 3)}}), KeyError,
-     "give both 'lora_A' and 'lora_B'"),
+    (
+        "unknown",
+        lambda: (_with_externals(), {"values": {"0.kernel": torch.zeros(1)}}),
+        KeyError,
+        r"values for unknown externals \['0.kernel'\]",
+    ),
+    (
+        "per example",
+        lambda: (_with_externals(), {"values": {"0.bias": torch.zeros(4, 2)}}),
+        ValueError,
+        r"shape mismatch for '0.bias': expected \(2,\), got \(4, 2\) \(per-example values cannot be baked",
+    ),
+    (
+        "no original",
+        lambda: (
+            (m := nn.Sequential(nn.Linear(3, 2))),
+            {"model": hypernetize(m, modules=[m[0]], keep_original=False)},
+        ),
+        KeyError,
+        "no value for '0.weight': pass it in values=, or hypernetize with keep_original=True",
+    ),
+    (
+        "one factor",
+        lambda: (
+            (m := nn.Linear(3, 2)),
+            {"model": hypernetize(m, modules=[m], rank=1), "values": {"lora_A": torch.zeros(1, 3)}},
+        ),
+        KeyError,
+        "give both 'lora_A' and 'lora_B'",
+    ),
 ]
 
 
-@pytest.mark.parametrize("build, error, message", [c[1:] for c in UNHYPERNETIZE_ERRORS],
-                         ids=[c[0] for c in UNHYPERNETIZE_ERRORS])
+@pytest.mark.parametrize(
+    "build, error, message", [c[1:] for c in UNHYPERNETIZE_ERRORS], ids=[c[0] for c in UNHYPERNETIZE_ERRORS]
+)
 def test_unhypernetize_rejects(build, error, message):
     model, kwargs = build()
     model = kwargs.pop("model", model)

@@ -148,8 +148,11 @@ def test_per_example_gradients_equal_looped(build, in_shape):
 def test_per_example_weights_need_a_matching_input_batch():
     layer = HyperLinear(4, 2)
     layer.set_externals(weight=torch.randn(3, 2, 4), bias=torch.randn(2))
-    with pytest.raises(ValueError, match=r"linear: per-example weights were set for a batch of 3, but the input has "
-                                         r"shape \(5, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"linear: per-example weights were set for a batch of 3, but the input has "
+        r"shape \(5, 4\)",
+    ):
         layer(torch.randn(5, 4))
     conv = HyperConv2d(2, 2, 1)
     conv.set_externals(weight=torch.randn(3, 2, 2, 1, 1), bias=torch.randn(2))
@@ -196,8 +199,10 @@ def test_embedding_rejects_bad_padding_idx_and_max_norm_per_example():
 
 def test_reprs_match_torch():
     assert repr(HyperLinear(8, 16)) == "HyperLinear(in_features=8, out_features=16, bias=True)"
-    conv, ref = HyperConv2d(3, 4, 3, padding="same", padding_mode="reflect"), nn.Conv2d(3, 4, 3, padding="same",
-                                                                                        padding_mode="reflect")
+    conv, ref = (
+        HyperConv2d(3, 4, 3, padding="same", padding_mode="reflect"),
+        nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect"),
+    )
     assert repr(conv) == repr(ref).replace("Conv2d", "HyperConv2d")
     assert repr(HyperEmbedding(5, 2, padding_idx=-1)) == "HyperEmbedding(5, 2, padding_idx=4)"
 

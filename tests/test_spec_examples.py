@@ -86,7 +86,10 @@ def resnet18(pretrained: bool = False) -> TinyResNet:
 
 
 CONVS = ["conv1"] + [
-    f"layer{i}.{b}.{c}" for i in range(1, 5) for b in (0, 1) for c in ("conv1", "conv2", "downsample.0")
+    f"layer{i}.{b}.{c}"
+    for i in range(1, 5)
+    for b in (0, 1)
+    for c in ("conv1", "conv2", "downsample.0")
     if not (c == "downsample.0" and (i == 1 or b == 1))
 ]
 
@@ -189,8 +192,14 @@ class PretrainedHyperResNet18(nn.Module):
 def test_wrapped_module_trains_the_hypernet_only():
     model = HyperResNet18()
     assert [n for n, _ in model.hypernet.named_parameters()] == [
-        "theta0", "backbone.0.weight", "backbone.0.bias", "backbone.2.weight", "backbone.2.bias",
-        "backbone.4.weight", "backbone.4.bias", "backbone.6.weight",
+        "theta0",
+        "backbone.0.weight",
+        "backbone.0.bias",
+        "backbone.2.weight",
+        "backbone.2.bias",
+        "backbone.4.weight",
+        "backbone.4.bias",
+        "backbone.6.weight",
     ]
     input, h = torch.randn(2, 3, 32, 32), torch.rand(2, 10)
     prediction = model(input, h)
@@ -331,8 +340,12 @@ def test_tutorial_find_on_resnet():
     assert sorted(weights.keys()) == sorted(
         ["layer1.0.conv2.weight", "layer1.0.conv1.weight", "layer1.1.conv1.weight", "layer1.1.conv2.weight"]
     )
-    assert list(weights) == ["layer1.0.conv1.weight", "layer1.0.conv2.weight", "layer1.1.conv1.weight",
-                             "layer1.1.conv2.weight"]  # model order
+    assert list(weights) == [
+        "layer1.0.conv1.weight",
+        "layer1.0.conv2.weight",
+        "layer1.1.conv1.weight",
+        "layer1.1.conv2.weight",
+    ]  # model order
 
     # and they feed hypernetize directly
     hyper = hypernetize(model, parameters=weights)
@@ -341,8 +354,14 @@ def test_tutorial_find_on_resnet():
 
 # -- docstring examples of the core, and the quick start ------------------------------------------------------
 
-CORE_MODULES = ["hyperlight.nn.external", "hyperlight.nn.module", "hyperlight.nn.layers", "hyperlight.hypernetize",
-                "hyperlight.find", "hyperlight.hypernet.hypernet"]
+CORE_MODULES = [
+    "hyperlight.nn.external",
+    "hyperlight.nn.module",
+    "hyperlight.nn.layers",
+    "hyperlight.hypernetize",
+    "hyperlight.find",
+    "hyperlight.hypernet.hypernet",
+]
 
 
 @pytest.mark.parametrize("name", CORE_MODULES)
@@ -353,8 +372,13 @@ def test_docstring_examples(name):
 
 
 def test_quickstart_core_script():
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart_core.py")], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart_core.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("hypernetized: ['0', '2'] -> {'0.weight': (8, 1, 3, 3)")

@@ -119,3 +119,14 @@ def test_torch_compile_trains_without_recompiling_as_conditions_change():
     finally:
         torch._dynamo.config.error_on_recompile = False
         torch._dynamo.reset()
+
+
+def test_full_mode_follows_the_base_models_dtype_after_to():
+    case = BY_NAME["llama-full"]
+    torch.manual_seed(0)
+    hyper = get_hyper_model(case.build(), hyper_config(case))
+    reference = case.build().to(torch.bfloat16)
+    hyper.base_model.to(torch.bfloat16)
+    ids = torch.randint(3, 90, (2, 6))
+    with torch.no_grad():
+        assert torch.equal(hyper(input_ids=ids, task=torch.tensor([0, 1])).logits, reference(input_ids=ids).logits)

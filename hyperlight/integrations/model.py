@@ -131,9 +131,8 @@ class HyperModel(nn.Module):
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
         self.__class__ = signed_class(type(self), type(model), tuple(self.condition_names))
-        self._target_dtypes = {
-            t.name: {k: v.dtype for k, v in t.base.items()} for t in targets
-        }  # full mode: cast generated tensors to the pretrained dtype
+        # full mode: generated tensors take the dtype of the pretrained values (kept as buffers, so they follow .to())
+        self._full_originals = {t.name: {k: f"hl_original_{k}" for k in t.base} for t in targets if t.base}
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -234,8 +233,12 @@ class HyperModel(nn.Module):
     def _cast(self, generated: dict[str, dict[str, Tensor]], pick: Any) -> dict[str, dict[str, Tensor]]:
         out: dict[str, dict[str, Tensor]] = {}
         for target, tensors in generated.items():
-            dtypes = self._target_dtypes.get(target, {})
-            out[target] = {name: pick(value).to(dtypes.get(name, value.dtype)) for name, value in tensors.items()}
+            originals = self._full_originals.get(target)
+            if originals is None:  # lora mode: factors are cast to the activations' dtype where they are used
+                out[target] = {name: pick(value) for name, value in tensors.items()}
+            else:
+                buffers = self._target_modules[target]._buffers
+                out[target] = {name: pick(value).to(buffers[originals[name]].dtype) for name, value in tensors.items()}
         return out
 
     def set_conditions(self, batch_size: int | None = None, **conditions: Any) -> GradientSink | None:
