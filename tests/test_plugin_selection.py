@@ -187,3 +187,21 @@ def test_one_value_broadcasts_to_the_batch(hyper):
     many = {"task": torch.tensor([3, 3]), "desc": torch.ones(2, 3), "temp": torch.tensor([1.0, 1.0])}
     with torch.no_grad():
         torch.testing.assert_close(hyper(input_ids=ids, **one).logits, hyper(input_ids=ids, **many).logits)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"target_modules": ["nothing_here"]}, "matched no module"),
+        ({"modules_to_save": ["head"]}, r"modules_to_save \['head'\] matched no module"),
+        ({"modules_to_save": ["layers"]}, "hold targets and are in modules_to_save"),
+        ({"conditions": {"labels": {"type": "categorical", "num": 2}}}, "collide with arguments"),
+    ],
+)
+def test_a_rejected_config_leaves_the_model_untouched(overrides, match):
+    model = llama()
+    before = {n: (type(m), [p.requires_grad for p in m.parameters(recurse=False)]) for n, m in model.named_modules()}
+    with pytest.raises(ValueError, match=match):
+        get_hyper_model(model, hyper_config(CASES[0], **overrides))
+    after = {n: (type(m), [p.requires_grad for p in m.parameters(recurse=False)]) for n, m in model.named_modules()}
+    assert after == before

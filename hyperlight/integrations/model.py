@@ -36,7 +36,7 @@ from .io import (
     save_tensors,
 )
 from .selection import layer_index, type_key
-from .signature import rebuild, signed_class
+from .signature import forward_signature, rebuild, signed_class
 
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
 
@@ -82,6 +82,18 @@ def _first_rows(inverse: Tensor, count: int) -> Tensor:
     return torch.full((count,), inverse.shape[0], device=inverse.device).scatter_reduce(0, inverse, positions, "amin")
 
 
+def _modules_to_save(model: nn.Module, wanted: list[str], targets: list[str]) -> dict[str, nn.Module]:
+    """The base modules named by `modules_to_save` (exact names or suffixes), checked against the targets."""
+    found = {n: m for n, m in model.named_modules() if n and any(n == w or n.endswith(f".{w}") for w in wanted)}
+    missing = [w for w in wanted if not any(n == w or n.endswith(f".{w}") for n in found)]
+    if missing:
+        raise ValueError(f"modules_to_save {missing} matched no module of the model")
+    both = [n for n in found if any(t == n or t.startswith(f"{n}.") for t in targets)]
+    if both:
+        raise ValueError(f"{both} hold targets and are in modules_to_save; a module is either generated or trained")
+    return found
+
+
 class HyperModel(nn.Module):
     """A base model + a generator that predicts its target weights from conditions, per example.
 
@@ -101,14 +113,23 @@ class HyperModel(nn.Module):
         if any(isinstance(m, HyperModule) for m in model.modules()):
             raise ValueError("this model already has externals (is it a HyperModel's base already?); load a fresh one")
         self.hyper_config = config
+        # every check runs before the model changes, so a bad config leaves it untouched
+        names = config.matched_modules(model)
+        saved = _modules_to_save(model, config.modules_to_save or [], names)
+        forward_signature(type(model), tuple(config.conditions))  # condition names must not shadow arguments
+
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
-
-        names = config.matched_modules(model)
         targets = self._hypernetize(model, names)
         self.base_model = model
         self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
-        self._saved_modules = self._unfreeze_modules_to_save(model)
+        for module in saved.values():
+            module.requires_grad_(True)
+        self._saved_modules = saved
+        # unload() gives back the base as it was: keep the pretrained state of what will train
+        self._saved_originals = {
+            n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in saved.items()
+        }
         self._base_keywords = _accepted_keywords(model.forward)
 
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -178,25 +199,6 @@ class HyperModel(nn.Module):
             if len(by_key[t.type_key]) > 1:
                 t.type_key = f"{t.type_key}|{sorted(t.shapes.items())}"
         return targets
-
-    def _unfreeze_modules_to_save(self, model: nn.Module) -> dict[str, nn.Module]:
-        wanted = self.hyper_config.modules_to_save or []
-        found = {n: m for n, m in model.named_modules() if n and any(n == w or n.endswith(f".{w}") for w in wanted)}
-        missing = [w for w in wanted if not any(n == w or n.endswith(f".{w}") for n in found)]
-        if missing:
-            raise ValueError(f"modules_to_save {missing} matched no module of the model")
-        for name, module in found.items():
-            if name in self._target_modules_names():
-                raise ValueError(f"'{name}' is both a target and in modules_to_save; choose one")
-            module.requires_grad_(True)
-        # unload() gives back the base as it was: keep the pretrained state of what will train
-        self._saved_originals = {
-            n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in found.items()
-        }
-        return found
-
-    def _target_modules_names(self) -> set[str]:
-        return {n for n, m in self.base_model.named_modules() if isinstance(m, HyperModule)}
 
     # -- conditions -> externals --------------------------------------------------------------------
 
