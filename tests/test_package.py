@@ -12,7 +12,8 @@ import hyperlight
 def test_import_hyperlight_imports_no_framework():
     code = (
         "import sys, hyperlight, hyperlight.integrations; "
-        "print(sorted(m for m in ('transformers', 'peft', 'accelerate', 'datasets', 'safetensors') if m in sys.modules))"
+        "frameworks = ('transformers', 'peft', 'accelerate', 'datasets', 'safetensors'); "
+        "print(sorted(m for m in frameworks if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
