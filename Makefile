@@ -20,7 +20,7 @@ test: install
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) examples/quickstart_core.py
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) examples/demo.py
 
 lint: install
 	$(PY) -m ruff check hyperlight tests examples benchmarks
