@@ -2,7 +2,7 @@
 
     python examples/demo.py                      # about a minute and a half on 2 CPU cores
     python examples/demo.py --quick              # a tiny setting (tests), under a minute
-    python examples/demo.py --model out/demo/base --pretrain-steps 0   # start from any HF causal LM directory
+    python examples/demo.py --model out/demo/base    # start from any HF causal LM directory (no pretraining)
     accelerate launch --config_file examples/accelerate_ddp.yaml examples/demo.py --quick   # 2 processes (DDP)
 
 The story, with real components and the data shipped in examples/data/ (see make_data.py there):
@@ -148,6 +148,7 @@ def load_base(path: Path) -> tuple[Any, Any]:
             raise SystemExit(f"{path} has no tokenizer, and too few embeddings for the character tokenizer") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # training batches; prompts for generate are left-padded by Encoder.prompts
     return model, tokenizer
 
 

@@ -144,14 +144,14 @@ def main() -> None:
     correct = predicted == torch.tensor([r["label"] for r in test_rows])
 
     print(f"\nAccuracy on held-out sentences ({len(test_rows) // len(tasks)} sentences, each asked for every task):")
-    print(f"{'task':<28}" + "".join(f"{lang:>8}" for lang in langs))
+    print(f"{'task':<31}" + "".join(f"{lang:>8}" for lang in langs))
     for t, name in enumerate(tasks):
         cells = []
         for lang_id, lang in enumerate(langs):
             mask = (task == t) & (language == lang_id)
             star = "*" if (name, lang) == held_out else " "
             cells.append(f"{correct[mask].float().mean().item():>7.0%}{star}")
-        print(f"{name + ' (' + '/'.join(TASKS[name]) + ')':<28}" + "".join(cells))
+        print(f"{name + ' (' + '/'.join(TASKS[name]) + ')':<31}" + "".join(cells))
     print(f"* ({held_out[0]}, {held_out[1]}): a combination never seen in training")
     # the same held-out sentences with the task's id and another language's id, for comparison
     t, held_lang = tasks.index(held_out[0]), langs.index(held_out[1])
