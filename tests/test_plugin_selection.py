@@ -196,6 +196,7 @@ def test_one_value_broadcasts_to_the_batch(hyper):
         ({"modules_to_save": ["head"]}, r"modules_to_save \['head'\] matched no module"),
         ({"modules_to_save": ["layers"]}, "hold targets and are in modules_to_save"),
         ({"conditions": {"labels": {"type": "categorical", "num": 2}}}, "collide with arguments"),
+        ({"target_modules": ["q_proj"], "mode": "full", "target_parameters": ["bias"]}, "matched no parameter"),
     ],
 )
 def test_a_rejected_config_leaves_the_model_untouched(overrides, match):
@@ -205,3 +206,12 @@ def test_a_rejected_config_leaves_the_model_untouched(overrides, match):
         get_hyper_model(model, hyper_config(CASES[0], **overrides))
     after = {n: (type(m), [p.requires_grad for p in m.parameters(recurse=False)]) for n, m in model.named_modules()}
     assert after == before
+
+
+def test_full_mode_refuses_to_untie_tied_weights():
+    model = gpt2()  # GPT-2 ties lm_head.weight to transformer.wte.weight
+    assert model.lm_head.weight is model.transformer.wte.weight
+    with pytest.raises(ValueError, match=r"'lm_head.weight' is tied to \['transformer.wte.weight'\]"):
+        get_hyper_model(model, HyperConfig(target_modules=["lm_head"], mode="full", conditions=TASKS))
+    assert model.lm_head.weight is model.transformer.wte.weight  # untouched, trainable as before
+    assert all(p.requires_grad for p in model.parameters())

@@ -82,6 +82,36 @@ def _first_rows(inverse: Tensor, count: int) -> Tensor:
     return torch.full((count,), inverse.shape[0], device=inverse.device).scatter_reduce(0, inverse, positions, "amin")
 
 
+def _full_mode_parameters(model: nn.Module, names: list[str], wanted: list[str] | None) -> dict[str, list[str]]:
+    """`{module: [parameter names]}` that full mode generates; refuses selections that would untie weights."""
+    modules = dict(model.named_modules())
+    chosen: dict[str, list[str]] = {}
+    for n in names:
+        own = [p for p, v in modules[n]._parameters.items() if v is not None]
+        if picked := [p for p in own if wanted is None or p in wanted]:
+            chosen[n] = picked
+    if not chosen:
+        raise ValueError(
+            f"target_parameters={wanted} matched no parameter of the selected modules "
+            f"{names[:5]}; their parameters are e.g. {list(modules[names[0]]._parameters)}"
+        )
+    owners: dict[int, list[str]] = {}  # full mode replaces parameters: a tied one must be replaced everywhere
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), []).append(f"{prefix}.{name}" if prefix else name)
+    selected = {f"{n}.{p}" for n, ps in chosen.items() for p in ps}
+    for n, ps in chosen.items():
+        for p in ps:
+            others = [o for o in owners[id(modules[n]._parameters[p])] if o not in selected]
+            if others:
+                raise ValueError(
+                    f"'{n}.{p}' is tied to {others} (the same tensor); mode='full' would generate one and leave the "
+                    "other, untying them. Target every tied module, or use mode='lora' (which keeps the weights)"
+                )
+    return chosen
+
+
 def _modules_to_save(model: nn.Module, wanted: list[str], targets: list[str]) -> dict[str, nn.Module]:
     """The base modules named by `modules_to_save` (exact names or suffixes), checked against the targets."""
     found = {n: m for n, m in model.named_modules() if n and any(n == w or n.endswith(f".{w}") for w in wanted)}
@@ -117,6 +147,8 @@ class HyperModel(nn.Module):
         names = config.matched_modules(model)
         saved = _modules_to_save(model, config.modules_to_save or [], names)
         forward_signature(type(model), tuple(config.conditions))  # condition names must not shadow arguments
+        if config.mode == "full":
+            _full_mode_parameters(model, names, config.target_parameters)
 
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
@@ -173,17 +205,7 @@ class HyperModel(nn.Module):
                 GeneratorTarget(n, type_key(n), layer_index(n) or 0, dict(modules[n].external_shapes())) for n in names
             ]
         else:
-            chosen: dict[str, list[str]] = {}
-            for n in names:
-                own = [p for p, v in modules[n]._parameters.items() if v is not None]
-                wanted = own if config.target_parameters is None else [p for p in own if p in config.target_parameters]
-                if wanted:
-                    chosen[n] = wanted
-            if not chosen:
-                raise ValueError(
-                    f"target_parameters={config.target_parameters} matched no parameter of the selected modules "
-                    f"{names[:5]}; their parameters are e.g. {list(modules[names[0]]._parameters)}"
-                )
+            chosen = _full_mode_parameters(model, names, config.target_parameters)
             params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
             _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False)
             targets = []
