@@ -265,19 +265,25 @@ class HyperModel(nn.Module):
                 out[target] = {name: pick(value).to(buffers[originals[name]].dtype) for name, value in tensors.items()}
         return out
 
-    def set_conditions(self, batch_size: int | None = None, **conditions: Any) -> GradientSink | None:
+    def set_conditions(self, batch_size: int | None = None, **conditions: Any) -> None:
         """Generate the weights for `conditions` and set them on the base model, where they stay until the
-        next call (gradient checkpointing re-runs forwards during backward and must see the same weights)."""
-        sink = None
-        if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
-            sink = GradientSink()
+        next call (gradient checkpointing re-runs forwards during backward and must see the same weights).
+
+        Calling the hyper model does this itself; call it directly to run the base model (or a pipeline
+        around it) with one set of conditions. With reentrant gradient checkpointing, go through
+        `hyper(...)`, which routes the generator's gradients around the nested backward passes.
+        """
+        self._set_conditions(batch_size, conditions, sink=None)
+
+    def _set_conditions(
+        self, batch_size: int | None, conditions: Mapping[str, Any], sink: GradientSink | None
+    ) -> None:
         for target, tensors in self.generate_weights(batch_size, **conditions).items():
             module = self._target_modules[target]
             if sink is not None:
                 tensors = {name: sink.leaf(value) for name, value in tensors.items()}
             module._external_values.update(tensors)
             module._refresh_batch()
-        return sink
 
     def reset_conditions(self) -> None:
         """Clear the generated weights from the base model."""
@@ -295,7 +301,10 @@ class HyperModel(nn.Module):
                 f"unexpected keyword argument(s) {unknown}: neither a condition of this hyper model "
                 f"({self.condition_encoder.describe()}) nor an argument of {type(self.base_model).__name__}.forward"
             )
-        sink = self.set_conditions(_batch_size(args, kwargs), **conditions)
+        sink = None
+        if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
+            sink = GradientSink()  # see checkpointing.py: layers read leaf copies, flushed after backward
+        self._set_conditions(_batch_size(args, kwargs), conditions, sink)
         output = self.base_model(*args, **kwargs)
         if sink is not None:
             sink.attach(output)
