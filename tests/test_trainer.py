@@ -217,3 +217,21 @@ def test_temperature_mixture_dataset_keeps_mixed_batches():
     assert len(mixed) == 64 and set(mixed["task"]) == {0, 1, 2, 3}
     with pytest.raises(KeyError, match="no column 'lang'"):
         temperature_mixture(data, "lang")
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_trainer_with_gradient_checkpointing_follows_the_same_losses(tmp_path, reentrant):
+    from transformers import Trainer
+
+    def losses(**kw):
+        torch.manual_seed(0)
+        trainer = Trainer(
+            model=get_hyper_model(_base(), _config()),
+            args=_args(tmp_path, max_steps=4, **kw),
+            train_dataset=_dataset(),
+        )
+        trainer.train()
+        return _losses(trainer)
+
+    checkpointed = losses(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    assert checkpointed == pytest.approx(losses(), abs=1e-6)
