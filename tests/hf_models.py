@@ -25,42 +25,32 @@ def _seeded(fn: Callable[[], torch.nn.Module], seed: int = 0) -> torch.nn.Module
     return model.eval()
 
 
-def llama():
+def _decoder(vocab: int, hidden: int, intermediate: int, positions: int) -> dict[str, int]:
+    """The shape shared by the tiny Llama and Qwen2 models."""
+    return dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=positions,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
+
+
+def llama(vocab: int = VOCAB, hidden: int = 32, intermediate: int = 64, positions: int = 64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=2,
-        )
-    )
+    return LlamaForCausalLM(LlamaConfig(**_decoder(vocab, hidden, intermediate, positions)))
 
 
 def qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    return Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=2,
-        )
-    )
+    return Qwen2ForCausalLM(Qwen2Config(**_decoder(VOCAB, 32, 48, 64)))
 
 
 def gpt2():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_models import CASES, hyper_config, t5
+from hf_models import CASES, hyper_config, llama, t5
 
 from hyperlight import HyperModel, get_hyper_model
 from hyperlight.integrations import HyperDataCollator, MultiTaskSampler, mixing_weights, temperature_mixture
@@ -15,21 +15,8 @@ VOCAB = 4096
 
 
 def _base():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=32,
-            pad_token_id=0,
-        )
-    )
+    torch.manual_seed(0)  # the hyper model built next draws its generator init from this state
+    return llama(vocab=VOCAB, hidden=64, intermediate=128, positions=32)
 
 
 def _dataset(n: int = 48, seq: int = 8):
