@@ -119,15 +119,22 @@ def _swap_class(module: nn.Module, kind: str) -> None:
     init_external_state(module)
 
 
-def _externalize(module: nn.Module, names: list[str], *, keep_original: bool) -> dict[str, Tensor]:
+def _externalize(
+    module: nn.Module, names: list[str], *, keep_original: bool, detached: dict[int, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Turn `names` into externals. `detached` (id of a parameter -> its detached value) is shared across the
+    modules of one call, so a parameter tied between modules keeps one original object, and
+    `unhypernetize` ties them again."""
     _swap_class(module, "full")
+    detached = {} if detached is None else detached
     values = {}
     for name in names:
         param = module._parameters.pop(name)
+        value = detached.setdefault(id(param), param.detach())
         if keep_original:
-            module.register_buffer(f"{_ORIGINAL}{name}", param.detach(), persistent=False)
+            module.register_buffer(f"{_ORIGINAL}{name}", value, persistent=False)
         module.register_external(name, ExternalParameter(tuple(param.shape)))
-        values[name] = param.detach()
+        values[name] = value
     return values
 
 
@@ -224,10 +231,11 @@ def hypernetize(
     named = dict(model.named_modules())
 
     values: dict[str, Tensor] = {}
+    detached: dict[int, Tensor] = {}
     for prefix, names in plan:
         module = named[prefix]
         if rank is None:
-            created = _externalize(module, names, keep_original=keep_original)
+            created = _externalize(module, names, keep_original=keep_original, detached=detached)
         else:
             created = _add_lowrank(module, rank, alpha, dropout)
         values.update({_full(prefix, n): v for n, v in created.items()})
@@ -315,6 +323,7 @@ def unhypernetize(model: nn.Module, values: Mapping[str, Tensor] | None = None, 
                 "(per-example values cannot be baked into one model; pick one example's value)"
             )
 
+    restored: dict[int, tuple[Tensor, nn.Parameter]] = {}  # one Parameter per source: tied weights come back tied
     for prefix, module in list(model.named_modules()):
         if not isinstance(module, HypernetizedModule):
             if isinstance(module, HyperModule) and module._externals and module is not model:
@@ -322,7 +331,7 @@ def unhypernetize(model: nn.Module, values: Mapping[str, Tensor] | None = None, 
                     f"'{prefix}' is a user-defined {type(module).__name__}; it has no plain twin to restore"
                 )
             continue
-        _restore(module, prefix, given)
+        _restore(module, prefix, given, restored)
     return model
 
 
@@ -336,7 +345,9 @@ def external_shapes_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _restore(module: nn.Module, prefix: str, given: Mapping[str, Tensor]) -> None:
+def _restore(
+    module: nn.Module, prefix: str, given: Mapping[str, Tensor], restored: dict[int, tuple[Tensor, nn.Parameter]]
+) -> None:
     if isinstance(module, LowRankModule):
         a_name, b_name = _full(prefix, "lora_A"), _full(prefix, "lora_B")
         if (a_name in given) != (b_name in given):
@@ -358,7 +369,9 @@ def _restore(module: nn.Module, prefix: str, given: Mapping[str, Tensor]) -> Non
             else:
                 raise KeyError(f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True")
             grad = requires_grad.get(name, True)
-            module._parameters[name] = nn.Parameter(value.detach().clone(), requires_grad=grad)
+            if id(value) not in restored:  # the value is kept alive with it, so its id cannot be reused
+                restored[id(value)] = (value, nn.Parameter(value.detach().clone(), requires_grad=grad))
+            module._parameters[name] = restored[id(value)][1]
     order = module.__dict__.get("_hl_param_order", [])
     params = module._parameters
     module.__dict__["_parameters"] = {n: params[n] for n in order if n in params} | {

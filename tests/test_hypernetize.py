@@ -766,3 +766,22 @@ def test_state_dict_round_trip_into_a_fresh_twin():
     x = torch.randn(3, 4)
     with low.using_externals(factors), low_twin.using_externals(factors):
         assert torch.equal(low_twin(x), low(x))
+
+
+def test_tied_parameters_share_one_original_and_come_back_tied():
+    from hyperlight import hypernetize, unhypernetize
+
+    embed = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight  # tied, as in language models
+    model = nn.Sequential(embed, head)
+    model, values = hypernetize(model, parameters=[embed.weight], return_values=True)
+    assert set(values) == {"0.weight", "1.weight"} and values["0.weight"] is values["1.weight"]
+    plain = unhypernetize(model)
+    assert plain[0].weight is plain[1].weight
+    assert len(list(plain.parameters())) == 1
+    # given one tensor for both, they are baked in tied as well
+    model = hypernetize(plain, parameters=[plain[0].weight])
+    shared = torch.randn(10, 4)
+    plain = unhypernetize(model, {"0.weight": shared, "1.weight": shared})
+    assert plain[0].weight is plain[1].weight and torch.equal(plain[0].weight, shared)
