@@ -282,8 +282,7 @@ class HyperModel(nn.Module):
             module = self._target_modules[target]
             if sink is not None:
                 tensors = {name: sink.leaf(value) for name, value in tensors.items()}
-            module._external_values.update(tensors)
-            module._refresh_batch()
+            module.assign_externals(tensors)
 
     def reset_conditions(self) -> None:
         """Clear the generated weights from the base model."""

@@ -51,18 +51,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def lowrank_delta(x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:
-    """`scaling * (x Aᵀ) Bᵀ` with A (r, in) or (B, r, in) and B (out, r) or (B, out, r).
+def lowrank_add(y: Tensor, x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:
+    """`y + scaling * (x Aᵀ) Bᵀ` with A (r, in) or (B, r, in) and B (out, r) or (B, out, r).
 
-    The factors are cast to the input's dtype, so an fp32 hypernetwork drives a bf16 base model.
-    """
-    return lowrank_add(None, x, lora_a, lora_b, scaling)
-
-
-def lowrank_add(y: Tensor | None, x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:
-    """`y + scaling * (x Aᵀ) Bᵀ` (just the update when `y` is None), shapes as in `lowrank_delta`.
-
-    The scaling is folded into the small factor B and the addition into the second matmul
+    The factors are cast to the input's dtype, so an fp32 hypernetwork drives a bf16 base model. The
+    scaling is folded into the small factor B and the addition into the second matmul
     (`addmm`/`baddbmm`), so no extra pass runs over the (B, T, out) activations.
     """
     lora_a = lora_a.to(x.dtype)
@@ -71,13 +64,12 @@ def lowrank_add(y: Tensor | None, x: Tensor, lora_a: Tensor, lora_b: Tensor, sca
     out_features = lora_b.shape[-2]
     if batch is None:
         h = x.reshape(-1, x.shape[-1]) @ lora_a.T  # (N, r)
-        flat = h @ lora_b.T if y is None else torch.addmm(y.reshape(-1, out_features), h, lora_b.T)
-        return flat.reshape(*x.shape[:-1], out_features)
+        return torch.addmm(y.reshape(-1, out_features), h, lora_b.T).reshape(*x.shape[:-1], out_features)
     check_input_batch(x, batch, "low-rank linear")
     x3 = x.reshape(batch, -1, x.shape[-1])  # (B, T, in)
     h = torch.bmm(x3, lora_a.transpose(1, 2)) if lora_a.dim() == 3 else x3 @ lora_a.T  # (B, T, r)
     b_t = lora_b.transpose(-1, -2) if lora_b.dim() == 3 else lora_b.T.expand(batch, -1, -1)  # (B, r, out)
-    out = torch.bmm(h, b_t) if y is None else torch.baddbmm(y.reshape(batch, -1, out_features), h, b_t)
+    out = torch.baddbmm(y.reshape(batch, -1, out_features), h, b_t)
     return out.reshape(*x.shape[:-1], out_features)  # (B, T, out)
 
 

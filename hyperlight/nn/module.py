@@ -13,7 +13,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .external import ExternalParameter, Shape, UninitializedExternalError
@@ -225,13 +224,18 @@ class HyperModule(nn.Module):
                 "give every per-example value the same leading dimension B"
             )
 
-        touched = []
+        by_module: dict[int, tuple[HyperModule, dict[str, Tensor]]] = {}
         for full, value in given.items():
             module, name = index[full]
-            module._external_values[name] = value
-            touched.append(module)
-        for module in touched:
-            module._refresh_batch()
+            by_module.setdefault(id(module), (module, {}))[1][name] = value
+        for module, own in by_module.values():
+            module.assign_externals(own)
+
+    def assign_externals(self, values: Mapping[str, Tensor]) -> None:
+        """Set this module's own externals by local name, unchecked: for callers that produced the values to
+        the declared shapes themselves (the Transformers plug-in's generator). Use `set_externals` otherwise."""
+        self._external_values.update(values)
+        self._refresh_batch()
 
     def reset_externals(self) -> None:
         """Clear the values of every external in this subtree (their declarations stay)."""
@@ -284,13 +288,3 @@ def _check_value(full: str, external: ExternalParameter, value: Any, module: nn.
             f"move the value with .to({str(reference.device)!r})"
         )
     return batch
-
-
-def own_values(module: HyperModule) -> Mapping[str, Tensor]:
-    """The values currently set on `module` itself (not its children), by local name."""
-    return module._external_values
-
-
-def set_own_value(module: HyperModule, name: str, value: torch.Tensor) -> None:
-    """Set one value without checks (used inside per-example vmaps, where values are slices)."""
-    module._external_values[name] = value
