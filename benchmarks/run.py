@@ -154,16 +154,19 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
 
         # 4. weights are generated once per distinct condition, and once per generate call
         def per_step_generation():  # what a wrapper without the cache does: run the generator at every step
-            handle = hyper.base_model.register_forward_pre_hook(
-                lambda module, args, kwargs: hyper.set_conditions(
-                    None, task=tasks.repeat_interleave(kwargs["input_ids"].shape[0] // tasks.shape[0])
-                ),
-                with_kwargs=True,
-            )
+            base = hyper.base_model
+            forward = base.forward
+
+            def regenerate(*args, **kwargs):
+                rows = kwargs["input_ids"].shape[0] // tasks.shape[0]
+                with hyper.conditioned(task=tasks.repeat_interleave(rows)):
+                    return forward(*args, **kwargs)
+
+            base.forward = regenerate
             try:
                 hyper.generate(input_ids=prompt, task=tasks, **gen)
             finally:
-                handle.remove()
+                del base.forward
 
         t_cached = median_time(lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), size.repeats, sync)
         t_uncached = median_time(per_step_generation, size.repeats, sync)

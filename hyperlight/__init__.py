@@ -24,6 +24,7 @@ from .nn import HyperEmbedding as HyperEmbedding
 from .nn import HyperLinear as HyperLinear
 from .nn import HyperModule as HyperModule
 from .nn import UninitializedExternalError as UninitializedExternalError
+from .nn import capture_externals as capture_externals
 from .nn import register_linear_like as register_linear_like
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Hypernet",
     "UninitializedExternalError",
     "__version__",
+    "capture_externals",
     "find_modules_from_patterns",
     "find_modules_of_type",
     "find_parameters_from_patterns",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
@@ -16,13 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from .nn.external import ExternalParameter
-from .nn.hypernetized import HypernetizedModule, LowRankModule, hypernetized_class, linear_like
+from .nn.hypernetized import ORIGINAL_PREFIX, HypernetizedModule, LowRankModule, hypernetized_class, linear_like
 from .nn.module import HyperModule, drop_external_state, init_external_state
 
 ModuleSelection = Union[nn.Module, Mapping[str, nn.Module], Iterable[Union[nn.Module, tuple[str, nn.Module]]]]
 ParameterSelection = Union[nn.Parameter, Mapping[str, nn.Parameter], Iterable[Union[nn.Parameter, str]]]
 
-_ORIGINAL = "hl_original_"  # prefix of the non-persistent buffers that keep pretrained values
+_ORIGINAL = ORIGINAL_PREFIX  # prefix of the non-persistent buffers that keep pretrained values
+UNSET_POLICIES = ("raise", "original")
 
 
 def _as_list(selection: Any, kind: type) -> list[Any]:
@@ -95,7 +97,41 @@ def _select(model: nn.Module, modules: Any, parameters: Any) -> list[tuple[str, 
             "nothing to hypernetize: pass modules=[...] and/or parameters=[...] that hold parameters of the model "
             "(find_modules_of_type / find_modules_from_patterns / find_parameters_from_patterns help)"
         )
+    modules = dict(named)
+    for prefix, _ in plan:
+        _refuse_unsupported(modules[prefix], prefix, model)
     return plan
+
+
+def _refuse_unsupported(module: nn.Module, prefix: str, model: nn.Module) -> None:
+    """Modules whose forward does not read its parameters as attributes would silently ignore externals."""
+    where = f"'{prefix}'" if prefix else "the model"
+    if isinstance(module, nn.RNNBase):
+        raise TypeError(
+            f"{type(module).__name__} at {where} cannot be hypernetized: its forward reads a cached list of its "
+            "weights (_flat_weights), not the attributes, so generated weights would be silently ignored. "
+            "Hypernetize the layers around it, or write the recurrence with hypernetized nn.Linear/LSTMCell layers"
+        )
+    owner = _parametrized_owner(model, prefix)
+    if owner is not None:
+        raise TypeError(
+            f"{where} belongs to a parametrization of '{owner}' (e.g. weight_norm): its weight is computed from "
+            "these tensors by a function that expects one unbatched value, so per-example weights would be "
+            "silently wrong. Hypernetize before parametrizing, or remove it with "
+            "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')"
+        )
+
+
+def _parametrized_owner(model: nn.Module, prefix: str) -> str | None:
+    from torch.nn.utils import parametrize
+
+    parts = prefix.split(".") if prefix else []
+    for depth in range(len(parts) + 1):
+        name = ".".join(parts[:depth])
+        module = model.get_submodule(name)
+        if parametrize.is_parametrized(module):
+            return name or "the model"
+    return None
 
 
 def _full(prefix: str, name: str) -> str:
@@ -128,9 +164,11 @@ def _externalize(
     _swap_class(module, "full")
     detached = {} if detached is None else detached
     values = {}
+    originals = module.__dict__.setdefault("_hl_original_params", {})
     for name in names:
         param = module._parameters.pop(name)
         value = detached.setdefault(id(param), param.detach())
+        originals[name] = weakref.ref(param)  # alive while tied elsewhere: unhypernetize restores that very object
         if keep_original:
             module.register_buffer(f"{_ORIGINAL}{name}", value, persistent=False)
         module.register_external(name, ExternalParameter(tuple(param.shape)))
@@ -187,6 +225,7 @@ def hypernetize(
     dropout: float = 0.0,
     keep_original: bool = True,
     convert_root: bool = True,
+    unset: str = "raise",
 ) -> Any:
     """Turn the parameters of `modules` (all parameters below each one) and `parameters` into externals.
 
@@ -205,6 +244,9 @@ def hypernetize(
         keep_original: keep pretrained values (non-persistent buffers) so `unhypernetize` can restore them.
         convert_root: give the root the HyperModule API (default). Wrappers that manage externals
             themselves (the Transformers plug-in) leave the root's class alone.
+        unset: what a converted module does when a call reads it with no value set or bound: `"raise"`
+            (`UninitializedExternalError`, the default) or `"original"`: compute as the pretrained module
+            (full externals read the kept pretrained values; low-rank layers skip their update).
 
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -218,6 +260,10 @@ def hypernetize(
         raise ValueError(f"rank must be a positive int, got {rank!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if unset not in UNSET_POLICIES:
+        raise ValueError(f"unset must be one of {list(UNSET_POLICIES)}, got {unset!r}")
+    if unset == "original" and rank is None and not keep_original:
+        raise ValueError("unset='original' reads the pretrained values, so it needs keep_original=True")
     plan = _select(model, modules, parameters)
     named = dict(model.named_modules())
     for prefix, names in plan:  # check every target before changing any: a bad selection leaves the model as it was
@@ -238,10 +284,11 @@ def hypernetize(
             created = _externalize(module, names, keep_original=keep_original, detached=detached)
         else:
             created = _add_lowrank(module, rank, alpha, dropout)
+        module.__dict__["_hl_unset"] = unset
+        module.__dict__["_external_prefix"] = f"{prefix}." if prefix else ""  # full names in messages
         values.update({_full(prefix, n): v for n, v in created.items()})
     if convert_root:
         _ensure_root(model)
-        model._index(refresh=True)
     return (model, values) if return_values else model
 
 
@@ -279,7 +326,6 @@ def hypernetize_single(
     if not names:
         raise ValueError(f"nothing to hypernetize: {type(module).__name__} has no parameters of its own left")
     values = _externalize(module, list(dict.fromkeys(names)), keep_original=keep_original)
-    module._index(refresh=True)
     return (module, values) if return_values else module
 
 
@@ -359,6 +405,7 @@ def _restore(
             module.__dict__.pop(key, None)
     else:
         requires_grad = module.__dict__.get("_hl_requires_grad", {})
+        tied = module.__dict__.get("_hl_original_params", {})
         for name in list(module._externals):
             full = _full(prefix, name)
             original = module._buffers.pop(f"{_ORIGINAL}{name}", None)
@@ -369,6 +416,13 @@ def _restore(
             else:
                 raise KeyError(f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True")
             grad = requires_grad.get(name, True)
+            alive = tied[name]() if name in tied else None
+            if alive is not None:  # the original Parameter is still held by a module that was not hypernetized
+                with torch.no_grad():
+                    if value is not alive and not _same_storage(value, alive):
+                        alive.data = value.detach().clone().to(alive.device)  # the tie sees the new value too
+                module._parameters[name] = alive
+                continue
             if id(value) not in restored:  # the value is kept alive with it, so its id cannot be reused
                 restored[id(value)] = (value, nn.Parameter(value.detach().clone(), requires_grad=grad))
             module._parameters[name] = restored[id(value)][1]
@@ -377,7 +431,19 @@ def _restore(
     module.__dict__["_parameters"] = {n: params[n] for n in order if n in params} | {
         n: p for n, p in params.items() if n not in order
     }
-    for key in ("_hl_param_order", "_hl_requires_grad"):
+    for key in ("_hl_param_order", "_hl_requires_grad", "_hl_original_params", "_hl_unset"):
         module.__dict__.pop(key, None)
     drop_external_state(module)
     module.__class__ = module._hl_base
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    return a.device == b.device and a.dtype == b.dtype and a.shape == b.shape and a.data_ptr() == b.data_ptr()
+
+
+def original_value(module: nn.Module, name: str) -> Tensor:
+    """The pretrained value that `hypernetize` kept for external `name` of `module` (with keep_original)."""
+    value = module._buffers.get(f"{_ORIGINAL}{name}")
+    if value is None:
+        raise KeyError(f"{type(module).__name__} kept no pretrained value for '{name}' (hypernetize keep_original=False?)")
+    return value

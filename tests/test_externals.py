@@ -219,18 +219,18 @@ def test_using_externals_resets_when_the_body_raises():
             assert net.externals_are_set()
             raise RuntimeError("boom")
     assert not net.externals_are_set()
-    assert not any(m._external_values for m in (net, net.conv, net.out))
+    assert not any(m.current_externals().values for m in (net, net.conv, net.out))
 
 
 def test_per_example_values_set_the_batch():
     net = Net()
     values = net_values(batch=3)
     net.set_externals(values)
-    assert net.out._external_batch == 3 and net._external_batch == 3
+    assert net.out.current_externals().plan.batch == 3 and net.current_externals().plan.batch == 3
     net.set_externals({"out.weight": torch.randn(2, 4), "out.bias": torch.randn(2)})
-    assert net.out._external_batch is None  # shared again
+    assert net.out.current_externals().plan.batch is None  # shared again
     net.reset_externals()
-    assert net.conv._external_batch is None
+    assert net.conv.current_externals().plan.batch is None
 
 
 def hypernetized_linear():
@@ -294,7 +294,7 @@ def test_set_externals_rejects(case, build, error, message):
     with pytest.raises(error, match=message):
         module.set_externals({**good, **bad})
     # everything is checked before anything is set
-    assert not any(name in m._external_values for m, name in module._index().values())
+    assert not any(name in m.current_externals().values for m, name in module._index().values())
 
 
 def test_set_externals_rejects_a_name_given_twice():
@@ -362,4 +362,4 @@ def test_declarations_changed_after_indexing_are_seen():
     net.set_externals({"extra.weight": torch.zeros(2, 2), "extra.bias": torch.zeros(2)})
     assert net.externals_are_set()
     net.reset_externals()
-    assert not net.extra._external_values
+    assert not net.extra.current_externals().values

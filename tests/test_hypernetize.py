@@ -437,7 +437,7 @@ def test_vmap_fallback_needs_a_batched_input():
     model.set_externals(weight=torch.ones(3, 4), bias=torch.zeros(3, 4))
     with pytest.raises(
         ValueError,
-        match="per-example externals were set for a batch of 3, but no input tensor has a first dimension of 3",
+        match="HypernetizedLayerNorm: per-example weights were given for a batch of 3, but the input has 2 rows",
     ):
         model(torch.randn(2, 4))
 

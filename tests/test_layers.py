@@ -150,13 +150,13 @@ def test_per_example_weights_need_a_matching_input_batch():
     layer.set_externals(weight=torch.randn(3, 2, 4), bias=torch.randn(2))
     with pytest.raises(
         ValueError,
-        match=r"linear: per-example weights were set for a batch of 3, but the input has "
-        r"shape \(5, 4\)",
+        match=r"linear: per-example weights were given for a batch of 3, but the input has 5 rows; "
+        r"its first dimension must be 3 \(or a multiple of 3\)",
     ):
         layer(torch.randn(5, 4))
     conv = HyperConv2d(2, 2, 1)
     conv.set_externals(weight=torch.randn(3, 2, 2, 1, 1), bias=torch.randn(2))
-    with pytest.raises(ValueError, match=r"conv2d: per-example weights were set for a batch of 3"):
+    with pytest.raises(ValueError, match=r"conv2d: per-example weights were given for a batch of 3, but the input has 2 rows"):
         conv(torch.randn(2, 2, 4, 4))
 
 

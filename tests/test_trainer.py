@@ -149,8 +149,8 @@ def test_seq2seq_trainer_predict_with_generate_passes_conditions(tmp_path):
     collator.collator.tokenizer = Tok()
     trainer = Seq2SeqTrainer(model=hyper, args=args, data_collator=collator)
     calls = []
-    original = hyper.set_conditions
-    hyper.set_conditions = lambda *a, **kw: calls.append(kw["task"].tolist()) or original(*a, **kw)
+    original = hyper.condition_encoder.check
+    hyper.condition_encoder.check = lambda values, *a: calls.append(values["task"].tolist()) or original(values, *a)
     out = trainer.predict(Dataset.from_list(rows))
     assert out.predictions.shape[0] == 8
     assert [0, 1, 2, 3] in calls  # generate received each row's own task

@@ -1,19 +1,58 @@
-"""Reentrant gradient checkpointing and generated weights.
+"""Gradient checkpointing and generated weights.
+
+Checkpointing re-runs a layer's forward during backward: after the call returned, possibly after other
+forwards, possibly on another thread. `BindingCheckpoint` wraps the checkpoint function Transformers hands
+each layer so the function it checkpoints is bound to the call's externals (`capture_externals`): the
+recompute reads the weights of the forward it recomputes.
 
 With `use_reentrant=True`, each checkpointed layer runs its own nested `backward` during the outer one. If
 layers read generated tensors directly, every nested backward walks on into the generator's graph, and the
 second one fails ("Trying to backward through the graph a second time"). So while reentrant-style
 checkpointing is on, the layers get detached leaf copies of the generated tensors; their gradients
 accumulate there, and one backward through the generator runs when the outer backward finishes.
-(Non-reentrant checkpointing needs none of this: externals simply stay set until the next call.)
+(Non-reentrant checkpointing needs no sink.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..nn.binding import capture_externals
+
+
+class BindingCheckpoint:
+    """A layer's `_gradient_checkpointing_func` that binds the checkpointed function to the current call."""
+
+    def __init__(self, inner: Callable[..., Any]) -> None:
+        self.inner = inner
+
+    def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.inner(capture_externals(function), *args, **kwargs)
+
+    @property
+    def keywords(self) -> dict[str, Any]:  # the checkpoint arguments, as functools.partial shows them
+        return getattr(self.inner, "keywords", {})
+
+
+def bind_checkpointing(modules: Iterable[nn.Module]) -> None:
+    """Make every checkpointing layer's function a `BindingCheckpoint` (idempotent: Transformers installs a new
+    function at each `gradient_checkpointing_enable`, so this runs before each call)."""
+    for module in modules:
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if func is not None and not isinstance(func, BindingCheckpoint):
+            module._gradient_checkpointing_func = BindingCheckpoint(func)
+
+
+def unbind_checkpointing(modules: Iterable[nn.Module]) -> None:
+    """Give the layers back the checkpoint functions they had (used when the base model is released)."""
+    for module in modules:
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if isinstance(func, BindingCheckpoint):
+            module._gradient_checkpointing_func = func.inner
 
 
 def uses_reentrant_checkpointing(modules: list[nn.Module]) -> bool:

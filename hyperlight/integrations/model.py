@@ -2,41 +2,35 @@
 
 The PEFT triad: `HyperConfig` (config.py) says what, `hypernetize` (the core) turns the targets into
 externals (low-rank `lora_A`/`lora_B` on frozen weights, or full tensors), and this wrapper owns the
-condition encoder and generator, sets the externals from the conditions of each call, and saves,
-merges and exports.
+condition encoder and generator. Each call generates its weights and binds them to itself (one owner,
+`hyperlight.nn.binding`): concurrent and nested calls never share them, and nothing stays on the base
+model afterwards. This file builds the model and runs calls; `persistence.py` saves and loads it,
+`release.py` merges, unloads and exports.
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections import OrderedDict
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.module import _IncompatibleKeys
 
-from .._version import __version__
 from ..hypernet.conditions import ConditionEncoder
 from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
-from ..hypernetize import hypernetize, unhypernetize
+from ..hypernetize import hypernetize, original_value
+from ..nn.binding import BoundValues, Plan, bind
+from ..nn.derived import reduce_derived
 from ..nn.module import HyperModule
-from .checkpointing import GradientSink, uses_reentrant_checkpointing
-from .config import CONFIG_NAME, HyperConfig
-from .io import (
-    CONFIG_KEY,
-    WEIGHTS_NAME,
-    config_from_tensor,
-    config_to_tensor,
-    read_checkpoint,
-    save_json,
-    save_tensors,
-)
+from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
+from .config import HyperConfig
+from .persistence import HyperModelPersistence
+from .release import HyperModelRelease
 from .selection import layer_index, type_key
-from .signature import forward_signature, rebuild, signed_class
+from .signature import forward_signature, signed_class
 
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
 
@@ -68,12 +62,6 @@ def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
         if isinstance(value, Tensor) and value.dim() > 0:
             return value.shape[0]
     return None
-
-
-def _full_tensor(tensor: Tensor) -> Tensor:
-    """The whole tensor behind an FSDP2-sharded DTensor (a collective: every rank must call it)."""
-    full = getattr(tensor, "full_tensor", None)
-    return full() if callable(full) else tensor
 
 
 def _first_rows(inverse: Tensor, count: int) -> Tensor:
@@ -124,12 +112,16 @@ def _modules_to_save(model: nn.Module, wanted: list[str], targets: list[str]) ->
     return found
 
 
-class HyperModel(nn.Module):
+class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     """A base model + a generator that predicts its target weights from conditions, per example.
 
     Build it with `get_hyper_model(model, HyperConfig(...))`. Call it like the base model, adding one
     keyword argument per condition (`hyper(input_ids=ids, task=torch.tensor([0, 3]))`); every row of a
     batch gets the weights of its own condition. Attributes not found here are looked up on the base model.
+
+    Each call owns the weights it generates: calls from several threads, nested calls, and gradient-
+    checkpointing recomputes (which re-enter the binding of the forward they recompute) never see another
+    call's weights. Called directly, outside any call, `base_model` computes as the pretrained model.
     """
 
     def __init__(self, model: nn.Module, config: HyperConfig) -> None:
@@ -150,10 +142,11 @@ class HyperModel(nn.Module):
         if config.mode == "full":
             _full_mode_parameters(model, names, config.target_parameters)
 
-        self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
         targets = self._hypernetize(model, names)
         self.base_model = model
+        self._released = False
         self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
         for module in saved.values():
             module.requires_grad_(True)
@@ -183,9 +176,10 @@ class HyperModel(nn.Module):
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
+        self._external_names = {t.name: frozenset(t.shapes) for t in targets}
+        # full mode: generated tensors take the dtype of the pretrained values (which follow .to())
+        self._full_mode = config.mode == "full"
         self.__class__ = signed_class(type(self), type(model), tuple(self.condition_names))
-        # full mode: generated tensors take the dtype of the pretrained values (kept as buffers, so they follow .to())
-        self._full_originals = {t.name: {k: f"hl_original_{k}" for k in t.base} for t in targets if t.base}
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -200,6 +194,7 @@ class HyperModel(nn.Module):
                 alpha=config.alpha,
                 dropout=config.dropout,
                 convert_root=False,
+                unset="original",
             )
             targets = [
                 GeneratorTarget(n, type_key(n), layer_index(n) or 0, dict(modules[n].external_shapes())) for n in names
@@ -207,7 +202,7 @@ class HyperModel(nn.Module):
         else:
             chosen = _full_mode_parameters(model, names, config.target_parameters)
             params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
-            _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False)
+            _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False, unset="original")
             targets = []
             for n, ps in chosen.items():
                 base = {p: values[f"{n}.{p}"] for p in ps}
@@ -222,7 +217,7 @@ class HyperModel(nn.Module):
                 t.type_key = f"{t.type_key}|{sorted(t.shapes.items())}"
         return targets
 
-    # -- conditions -> externals --------------------------------------------------------------------
+    # -- the model's surface ----------------------------------------------------------------------------
 
     @property
     def targeted_module_names(self) -> list[str]:
@@ -230,69 +225,123 @@ class HyperModel(nn.Module):
         return list(self._target_modules)
 
     @property
+    def targeted_modules(self) -> dict[str, nn.Module]:
+        """`{dotted name: module}` of the targets, in model order."""
+        return dict(self._target_modules)
+
+    @property
+    def target_shapes(self) -> dict[str, dict[str, list[int]]]:
+        """`{target: {external: shape}}`: what the generator predicts for each target."""
+        return {name: dict(shapes) for name, shapes in self._target_shapes.items()}
+
+    @property
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """The base modules trained whole (`modules_to_save`), by dotted name."""
+        return dict(self._saved_modules)
+
+    @property
     def condition_names(self) -> list[str]:
         return self.condition_encoder.names
+
+    def require_loaded(self) -> None:
+        """Raise if `unload()` / `merge_and_unload()` already gave the base model back."""
+        if self.__dict__.get("_released"):
+            raise RuntimeError(
+                "this HyperModel was unloaded: unload() or merge_and_unload() gave its base model back as a plain "
+                "model, so it has no targets left. Use the model they returned, or build a new hyper model with "
+                "get_hyper_model(...) / HyperModel.from_pretrained(...)"
+            )
+
+    def _detach_from_base(self) -> None:
+        self._released = True
+        unbind_checkpointing(self._checkpointable)
+
+    # -- conditions -> weights, bound to one call ---------------------------------------------------
 
     def generate_weights(self, batch_size: int | None = None, **conditions: Any) -> dict[str, dict[str, Tensor]]:
         """`{target module: {external: tensor}}` for the given conditions.
 
-        Weights are computed once per distinct condition in the batch; a batch with one distinct
-        condition gets shared (unbatched) tensors, otherwise `(B, *shape)`.
+        Weights are computed once per distinct condition in the batch (unless a condition requires grad:
+        then every row is generated, so each row's condition gets its own gradient); a batch with one
+        distinct condition gets shared (unbatched) tensors, otherwise `(B, *shape)`.
         """
+        self.require_loaded()
+        return self._generate(batch_size, conditions)[0]
+
+    def _generate(
+        self, batch_size: int | None, conditions: Mapping[str, Any]
+    ) -> tuple[dict[str, dict[str, Tensor]], int | None]:
+        """(weights, B): B is None when every row shares one condition and the weights are unbatched."""
         checked = self.condition_encoder.check(conditions, batch_size)
-        if torch.compiler.is_compiling():
-            # under torch.compile: no data-dependent shapes, so changing conditions never recompile
-            generated = self.generator(self.condition_encoder(checked))  # (B, ...) per example
-            return self._cast(generated, lambda value: value)
+        rows = next(iter(checked.values())).shape[0]
+        if torch.compiler.is_compiling() or any(v.requires_grad for v in checked.values()):
+            # under torch.compile: no data-dependent shapes, so changing conditions never recompile;
+            # with conditions that require grad: no deduplication, every row gets its own gradient
+            return self._cast(self.generator(self.condition_encoder(checked)), None), rows
         keys = torch.cat([v.reshape(v.shape[0], -1).to(torch.float64) for v in checked.values()], dim=1)  # (B, K)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         if unique.shape[0] == keys.shape[0] > 1:  # all rows distinct: generate in batch order, nothing to gather
-            return self._cast(self.generator(self.condition_encoder(checked)), lambda value: value)
+            return self._cast(self.generator(self.condition_encoder(checked)), None), rows
         first = _first_rows(inverse, unique.shape[0])
         z = self.condition_encoder({k: v[first] for k, v in checked.items()})  # (U, D)
         if unique.shape[0] == 1:
-            return self._cast(self.generator(z), lambda value: value[0])  # one condition: shared weights
-        return self._cast(self.generator(z), lambda value: value.index_select(0, inverse))  # (U, ...) -> (B, ...)
+            return self._cast(self.generator(z), 0), None  # one condition: shared weights
+        return self._cast(self.generator(z), inverse), rows  # (U, ...) -> (B, ...)
 
-    def _cast(self, generated: dict[str, dict[str, Tensor]], pick: Any) -> dict[str, dict[str, Tensor]]:
+    def _cast(self, generated: dict[str, dict[str, Tensor]], pick: Tensor | int | None) -> dict[str, dict[str, Tensor]]:
+        """Pick the rows for the batch (None: as they are; an int: that one row; a tensor: gathered) and, in
+        full mode, cast to the dtype of the pretrained values (lora factors are cast where they are used)."""
         out: dict[str, dict[str, Tensor]] = {}
         for target, tensors in generated.items():
-            originals = self._full_originals.get(target)
-            if originals is None:  # lora mode: factors are cast to the activations' dtype where they are used
-                out[target] = {name: pick(value) for name, value in tensors.items()}
-            else:
-                buffers = self._target_modules[target]._buffers
-                out[target] = {name: pick(value).to(buffers[originals[name]].dtype) for name, value in tensors.items()}
+            module = self._target_modules[target]
+            picked = {}
+            for name, value in tensors.items():
+                if isinstance(pick, int):
+                    value = value[pick]
+                elif pick is not None:
+                    value = value.index_select(0, pick)
+                if self._full_mode:
+                    value = value.to(original_value(module, name).dtype)
+                picked[name] = value
+            out[target] = picked
         return out
 
-    def set_conditions(self, batch_size: int | None = None, **conditions: Any) -> None:
-        """Generate the weights for `conditions` and set them on the base model, where they stay until the
-        next call (gradient checkpointing re-runs forwards during backward and must see the same weights).
-
-        Calling the hyper model does this itself; call it directly to run the base model (or a pipeline
-        around it) with one set of conditions. With reentrant gradient checkpointing, go through
-        `hyper(...)`, which routes the generator's gradients around the nested backward passes.
-        """
-        self._set_conditions(batch_size, conditions, sink=None)
-
-    def _set_conditions(
-        self, batch_size: int | None, conditions: Mapping[str, Any], sink: GradientSink | None
-    ) -> None:
-        for target, tensors in self.generate_weights(batch_size, **conditions).items():
-            module = self._target_modules[target]
+    def _bind(
+        self,
+        batch_size: int | None,
+        conditions: Mapping[str, Any],
+        *,
+        expand: int | None,
+        sink: GradientSink | None = None,
+    ) -> dict[nn.Module, BoundValues]:
+        """The bindings of one call: every target's generated tensors, with the call's per-example plan."""
+        generated, batch = self._generate(batch_size, conditions)
+        plan = Plan(batch, expand)
+        entries: dict[nn.Module, BoundValues] = {}
+        for target, tensors in generated.items():
             if sink is not None:
                 tensors = {name: sink.leaf(value) for name, value in tensors.items()}
-            module.assign_externals(tensors)
+            per_example = self._external_names[target] if batch is not None else frozenset()
+            entries[self._target_modules[target]] = BoundValues(tensors, plan, per_example)
+        return entries
 
-    def reset_conditions(self) -> None:
-        """Clear the generated weights from the base model."""
-        for module in self._target_modules.values():
-            module.reset_externals()
+    @contextmanager
+    def conditioned(self, batch_size: int | None = None, **conditions: Any) -> Iterator[None]:
+        """Run code with the weights of `conditions` (a `with` block, in this thread and context only).
+
+        Calls of the base model (or anything built around it) inside the block use these weights; nothing
+        remains after it. `hyper(...)` and `hyper.generate(...)` generate their own from their arguments.
+        """
+        self.require_loaded()
+        bind_checkpointing(self._checkpointable)
+        with bind(self._bind(batch_size, conditions, expand=None)):
+            yield
 
     def _pop_conditions(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {name: kwargs.pop(name) for name in self.condition_names if name in kwargs}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.require_loaded()
         conditions = self._pop_conditions(kwargs)
         unknown = [k for k in kwargs if self._base_keywords is not None and k not in self._base_keywords]
         if unknown:
@@ -300,11 +349,12 @@ class HyperModel(nn.Module):
                 f"unexpected keyword argument(s) {unknown}: neither a condition of this hyper model "
                 f"({self.condition_encoder.describe()}) nor an argument of {type(self.base_model).__name__}.forward"
             )
+        bind_checkpointing(self._checkpointable)  # recomputes re-enter this call's binding
         sink = None
         if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
             sink = GradientSink()  # see checkpointing.py: layers read leaf copies, flushed after backward
-        self._set_conditions(_batch_size(args, kwargs), conditions, sink)
-        output = self.base_model(*args, **kwargs)
+        with bind(self._bind(_batch_size(args, kwargs), conditions, expand=1, sink=sink)):
+            output = self.base_model(*args, **kwargs)
         if sink is not None:
             sink.attach(output)
         return output
@@ -313,20 +363,20 @@ class HyperModel(nn.Module):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """`base_model.generate` with per-example conditions as keyword arguments. The weights are generated
         once per call; beams and `num_return_sequences` reuse row b's weights for b's expanded rows."""
+        self.require_loaded()
         conditions = self._pop_conditions(kwargs)
-        self.set_conditions(_batch_size(args, kwargs), **conditions)
-        return self.base_model.generate(*args, **kwargs)
+        with bind(self._bind(_batch_size(args, kwargs), conditions, expand=self._generation_expansion(kwargs))):
+            return self.base_model.generate(*args, **kwargs)
+
+    def _generation_expansion(self, kwargs: Mapping[str, Any]) -> int:
+        """How many rows `generate` makes of each example: max(num_beams, num_return_sequences), as Transformers
+        expands its inputs (a layout it changes is then refused loudly, never computed with the wrong rows)."""
+        config = kwargs.get("generation_config") or getattr(self.base_model, "generation_config", None)
+        beams = kwargs.get("num_beams") or getattr(config, "num_beams", None) or 1
+        sequences = kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", None) or 1
+        return max(int(beams), int(sequences))
 
     # -- parameters ----------------------------------------------------------------------------------
-
-    def hyper_state_dict(self, *, keep_vars: bool = False) -> dict[str, Tensor]:
-        """The trained state: condition encoder, generator and `modules_to_save` (never the frozen base)."""
-        parts = [("condition_encoder.", self.condition_encoder), ("generator.", self.generator)]
-        parts += [(f"base_model.{name}.", module) for name, module in self._saved_modules.items()]
-        state: dict[str, Tensor] = {}
-        for prefix, module in parts:
-            state.update({prefix + k: v for k, v in nn.Module.state_dict(module, keep_vars=keep_vars).items()})
-        return state
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """(trainable parameters, all parameters), as PEFT reports them."""
@@ -341,8 +391,7 @@ class HyperModel(nn.Module):
         )
 
     def __reduce_ex__(self, protocol: Any) -> tuple:
-        base_cls, conditions = type(self)._hl_signature_key
-        return (rebuild, (type(self)._hl_unsigned, base_cls, conditions), self.__dict__.copy())
+        return reduce_derived(self, self.__dict__.copy())
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -351,165 +400,6 @@ class HyperModel(nn.Module):
             if name == "base_model":
                 raise
             return getattr(self.base_model, name)
-
-    # -- save / load ----------------------------------------------------------------------------------
-
-    def _fingerprint(self) -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "base_model_class": type(self.base_model).__name__,
-            "model_type": getattr(getattr(self.base_model, "config", None), "model_type", None),
-            "targets": self._target_shapes,
-        }
-
-    def save_pretrained(self, save_directory: str | Path, *, is_main_process: bool = True, **_: Any) -> None:
-        """Write `hyper_config.json` and `hyper_model.safetensors` (the hyper weights only; atomic writes).
-
-        Under FSDP call it on every process (sharded weights are gathered), with `is_main_process` true on one.
-        """
-        directory = Path(save_directory)
-        if directory.exists() and not directory.is_dir():
-            raise NotADirectoryError(f"save_pretrained needs a directory, got the file {directory}")
-        state = {k: _full_tensor(v) for k, v in self.hyper_state_dict().items()}
-        if not is_main_process:
-            return
-        save_tensors(directory / WEIGHTS_NAME, state, {"format": "pt", "hyperlight": __version__})
-        save_json(directory / CONFIG_NAME, self._config_record())
-
-    def _config_record(self) -> dict[str, Any]:
-        return {**self.hyper_config.to_dict(), "hyperlight": self._fingerprint()}
-
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False) -> HyperModel:
-        """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory or a
-        `Trainer` checkpoint directory (whose `model.safetensors` holds the hyper weights and config).
-
-        Fails with a clear error if `model` is not the architecture (targets and shapes) it was trained on.
-        With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
-        """
-        directory = Path(path)
-        saved, state = read_checkpoint(directory)
-        provenance = saved.pop("hyperlight", {})
-        hyper = cls(model, HyperConfig.from_dict(saved))
-        try:
-            hyper._check_provenance(provenance, directory)
-        except ValueError:
-            hyper.unload()
-            raise
-        hyper._load_hyper_state(state)
-        if not is_trainable:
-            hyper.requires_grad_(False)
-            hyper.eval()
-        return hyper
-
-    def _check_provenance(self, provenance: Mapping[str, Any], directory: Path) -> None:
-        saved_type, model_type = provenance.get("model_type"), self._fingerprint()["model_type"]
-        where = f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')}"
-        if saved_type != model_type:
-            raise ValueError(
-                f"{where} (model_type {saved_type!r}), not on a {type(self.base_model).__name__} "
-                f"(model_type {model_type!r}); load it onto the base model it was trained with"
-            )
-        expected, actual = provenance.get("targets"), self._target_shapes
-        if expected is not None and expected != actual:
-            missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
-            differ = [n for n in expected if n in actual and expected[n] != actual[n]]
-            detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
-            if differ:
-                detail += f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {actual[differ[0]]})"
-            raise ValueError(
-                f"{where} ({saved_type}) whose targets do not match this {type(self.base_model).__name__}: "
-                f"{detail}. Load it onto the base model it was trained with"
-            )
-
-    # -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------
-
-    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
-        """The hyper weights (never the frozen base) plus the config as a tensor, so that a plain
-        `Trainer` checkpoint (`model.safetensors`) is small and loads with `HyperModel.from_pretrained`.
-        `base_state_dict()` gives the base model's."""
-        if args:
-            raise TypeError("state_dict takes keyword arguments only (destination=, prefix=, keep_vars=)")
-        destination = OrderedDict() if destination is None else destination
-        for key, value in self.hyper_state_dict(keep_vars=keep_vars).items():
-            destination[prefix + key] = value
-        destination[prefix + CONFIG_KEY] = config_to_tensor(self._config_record())
-        return destination
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load what `state_dict()` gives (the config entry, if present, must match this model's)."""
-        state = dict(state_dict)
-        record = state.pop(CONFIG_KEY, None)
-        if record is not None:
-            saved = config_from_tensor(record)
-            provenance = saved.pop("hyperlight", {})
-            if HyperConfig.from_dict(saved) != self.hyper_config:
-                raise ValueError("the state dict was saved from a hyper model with another HyperConfig")
-            self._check_provenance(provenance, Path("<state_dict>"))
-        return self._load_hyper_state(state, strict=strict)
-
-    def base_state_dict(self) -> dict[str, Tensor]:
-        """The base model's own state dict (its hypernetized targets' frozen weights included)."""
-        return self.base_model.state_dict()
-
-    def _load_hyper_state(self, state: Mapping[str, Tensor], *, strict: bool = True) -> Any:
-        own = self.hyper_state_dict()
-        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if bad or (strict and (missing or extra)):
-            raise ValueError(
-                f"hyper weights do not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, "
-                f"wrong shapes {bad[:4]}"
-            )
-        with torch.no_grad():
-            for key, value in state.items():
-                if key in own:
-                    own[key].copy_(value)
-        return _IncompatibleKeys(missing, extra)
-
-    # -- merge / unload / export ----------------------------------------------------------------------
-
-    def _single_condition_values(self, conditions: Mapping[str, Any]) -> dict[str, Tensor]:
-        with torch.no_grad():
-            generated = self.generate_weights(1, **conditions)
-        values = {}
-        for target, tensors in generated.items():
-            for name, value in tensors.items():
-                if value.dim() != len(self._target_shapes[target][name]):
-                    raise ValueError("merge/export needs a single condition value (one example), got several")
-                values[f"{target}.{name}"] = value.detach()
-        return values
-
-    def _release_base(self, values: Mapping[str, Tensor] | None, *, keep_trained: bool) -> nn.Module:
-        base = self.base_model
-        unhypernetize(base, values)
-        if not keep_trained:
-            for name, module in self._saved_modules.items():
-                module.load_state_dict(self._saved_originals[name])
-        for name, param in base.named_parameters():
-            param.requires_grad_(self._requires_grad.get(name, True))
-        return base
-
-    def merge_and_unload(self, **conditions: Any) -> nn.Module:
-        """A plain base model (no hyperlight class left) with the weights of one condition baked in (and the
-        trained `modules_to_save`)."""
-        return self._release_base(self._single_condition_values(conditions), keep_trained=True)
-
-    def unload(self) -> nn.Module:
-        """The base model as it was before `get_hyper_model`: original classes, weights (`modules_to_save`
-        included) and trainability."""
-        return self._release_base(None, keep_trained=False)
-
-    def export_peft_adapter(self, save_directory: str | Path, **conditions: Any) -> dict[str, float]:
-        """Write a standard PEFT LoRA adapter for one condition; returns `{module: relative error}`.
-
-        In lora mode the predicted factors are written as they are (errors are 0). In full mode the
-        change `W - W0` of each linear target's weight is truncated by SVD to `rank`, and the relative
-        Frobenius error of that approximation is reported.
-        """
-        from .peft_export import export_lora_adapter
-
-        return export_lora_adapter(self, Path(save_directory), self._single_condition_values(conditions))
 
 
 def get_hyper_model(model: nn.Module, config: HyperConfig) -> HyperModel:

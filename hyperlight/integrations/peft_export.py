@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..hypernetize import original_value
 from ..nn.hypernetized import linear_like
 from .io import save_tensors
 
@@ -24,7 +25,7 @@ def _relative_error(delta: Tensor, approx: Tensor) -> float:
 
 def _lowrank_factors(hyper: HyperModel, values: Mapping[str, Tensor]) -> tuple[dict[str, tuple[Tensor, Tensor]], dict]:
     """lora mode: the predicted factors themselves (exact)."""
-    factors = {name: (values[f"{name}.lora_A"], values[f"{name}.lora_B"]) for name in hyper._target_modules}
+    factors = {name: (values[f"{name}.lora_A"], values[f"{name}.lora_B"]) for name in hyper.targeted_modules}
     return factors, {name: 0.0 for name in factors}
 
 
@@ -32,16 +33,16 @@ def _svd_factors(hyper: HyperModel, values: Mapping[str, Tensor]) -> tuple[dict[
     """full mode: truncated SVD of each linear target's weight change, at the config's rank."""
     rank, scaling = hyper.hyper_config.rank, hyper.hyper_config.scaling
     factors, errors = {}, {}
-    for name, module in hyper._target_modules.items():
+    for name, module in hyper.targeted_modules.items():
         spec = linear_like(module)
-        names = set(module._externals)
+        names = set(hyper.target_shapes[name])
         if spec is None or names != {"weight"}:
             raise ValueError(
                 f"full-mode target '{name}' ({type(module).__name__}, externals {sorted(names)}) cannot be written as "
                 "a LoRA adapter, which only changes linear weights; use merge_and_unload(...) for this condition, or "
                 "train with target_parameters=['weight'] on linear targets"
             )
-        original = module.hl_original_weight.to(torch.float32)
+        original = original_value(module, "weight").to(torch.float32)
         delta = values[f"{name}.weight"].to(torch.float32) - original
         if spec.transposed:
             delta = delta.T  # LoRA factors are (out, r) @ (r, in) whatever the layer's storage
@@ -65,7 +66,7 @@ def export_lora_adapter(hyper: HyperModel, directory: Path, values: Mapping[str,
         factors, errors = _lowrank_factors(hyper, values)
     else:
         factors, errors = _svd_factors(hyper, values)
-    transposed = {bool(linear_like(m).transposed) for m in hyper._target_modules.values()}
+    transposed = {bool(linear_like(m).transposed) for m in hyper.targeted_modules.values()}
     if len(transposed) > 1:
         raise ValueError("targets mix (in, out) and (out, in) weight layouts; PEFT's fan_in_fan_out is one flag")
     lora_config = LoraConfig(
@@ -73,7 +74,7 @@ def export_lora_adapter(hyper: HyperModel, directory: Path, values: Mapping[str,
         lora_alpha=config.alpha,
         target_modules=list(factors),
         fan_in_fan_out=transposed.pop(),
-        modules_to_save=list(hyper._saved_modules) or None,
+        modules_to_save=list(hyper.saved_modules) or None,
         lora_dropout=config.dropout,
         base_model_name_or_path=config.base_model_name_or_path
         or getattr(getattr(hyper.base_model, "config", None), "name_or_path", None),
@@ -82,10 +83,10 @@ def export_lora_adapter(hyper: HyperModel, directory: Path, values: Mapping[str,
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, (lora_a, lora_b) in factors.items():
-        dtype = hyper._target_modules[name].weight.dtype
+        dtype = hyper.targeted_modules[name].weight.dtype
         tensors[f"base_model.model.{name}.lora_A.weight"] = lora_a.to(dtype)
         tensors[f"base_model.model.{name}.lora_B.weight"] = lora_b.to(dtype)
-    for name, module in hyper._saved_modules.items():  # PEFT stores trained whole modules under their own names
+    for name, module in hyper.saved_modules.items():  # PEFT stores trained whole modules under their own names
         tensors.update({f"base_model.model.{name}.{k}": v for k, v in module.state_dict().items()})
     save_tensors(directory / "adapter_model.safetensors", tensors)
     lora_config.save_pretrained(str(directory))

@@ -40,20 +40,6 @@ PRESETS: dict[str, tuple[list[str], list[str]]] = {
 PRESET_NAMES = ("attention", "mlp", "attention+mlp", "all-linear")
 
 
-def register_transformers_layers() -> None:
-    """Teach the core about Transformers' linear-like layers (GPT-2's Conv1D stores its weight as (in, out))."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # Transformers is optional for plain torch models
-        return
-    from ..nn.hypernetized import LINEAR_LIKE, register_linear_like
-
-    if Conv1D not in LINEAR_LIKE:
-        register_linear_like(
-            Conv1D, in_features=lambda m: m.weight.shape[0], out_features=lambda m: m.weight.shape[1], transposed=True
-        )
-
-
 def layer_index(name: str) -> int | None:
     """The index of the numbered layer a module lives in (`model.layers.3.mlp` -> 3), or None."""
     match = _LAYER_RE.search(name)
@@ -105,7 +91,6 @@ def select_modules(
 
     Raises a ValueError listing near candidates when nothing matches.
     """
-    register_transformers_layers()
     named = [(n, m) for n, m in model.named_modules() if n]
     spec: str | Sequence[str] = target_modules
     all_linear = target_modules == "all-linear"

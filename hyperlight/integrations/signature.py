@@ -3,7 +3,7 @@
 Transformers' `Trainer` reads `inspect.signature(model.forward)` to decide which dataset columns to keep
 (`remove_unused_columns=True`) and which are labels; with this signature it keeps the condition columns
 and finds the labels without any flag or subclass. The signature lives on a per-(base class, conditions)
-subclass named like its parent; instances pickle through their parent class.
+subclass, `Hyper<BaseClass>`, made by the core's one class factory (which also pickles it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-_CLASSES: dict[tuple[type, type, tuple[str, ...]], type] = {}
+from ..nn.derived import derived_class
 
 
 def forward_signature(base_cls: type[nn.Module], conditions: tuple[str, ...]) -> inspect.Signature:
@@ -29,30 +29,20 @@ def forward_signature(base_cls: type[nn.Module], conditions: tuple[str, ...]) ->
     return inspect.Signature(plain + extra + var_keyword)
 
 
+def _signed_recipe(
+    cls: type[nn.Module], base_cls: type[nn.Module], conditions: tuple[str, ...]
+) -> tuple[str, tuple[type, ...], dict[str, Any]]:
+    parent_forward = cls.forward
+
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return parent_forward(self, *args, **kwargs)
+
+    forward.__signature__ = forward_signature(base_cls, conditions)  # type: ignore[attr-defined]
+    forward.__doc__ = parent_forward.__doc__
+    namespace = {"forward": forward, "__module__": cls.__module__, "__doc__": cls.__doc__, "_hl_unsigned": cls}
+    return f"Hyper{base_cls.__name__}", (cls,), namespace
+
+
 def signed_class(cls: type[nn.Module], base_cls: type[nn.Module], conditions: tuple[str, ...]) -> type[nn.Module]:
     """`cls` with a `forward` whose signature is `base_cls.forward`'s plus the conditions."""
-    cls = getattr(cls, "_hl_unsigned", cls)
-    key = (cls, base_cls, conditions)
-    if key not in _CLASSES:
-        parent_forward = cls.forward
-
-        def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            return parent_forward(self, *args, **kwargs)
-
-        forward.__signature__ = forward_signature(base_cls, conditions)  # type: ignore[attr-defined]
-        forward.__doc__ = parent_forward.__doc__
-        namespace = {
-            "forward": forward,
-            "__module__": cls.__module__,
-            "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__,
-            "_hl_unsigned": cls,
-            "_hl_signature_key": (base_cls, conditions),
-        }
-        _CLASSES[key] = type(cls.__name__, (cls,), namespace)
-    return _CLASSES[key]
-
-
-def rebuild(cls: type[nn.Module], base_cls: type[nn.Module], conditions: tuple[str, ...]) -> nn.Module:
-    signed = signed_class(cls, base_cls, conditions)
-    return signed.__new__(signed)
+    return derived_class(_signed_recipe, getattr(cls, "_hl_unsigned", cls), base_cls, conditions)

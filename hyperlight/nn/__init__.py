@@ -1,5 +1,6 @@
 """Externals: placeholders for tensors set from outside, the modules that hold them, batched layers."""
 
+from .binding import capture_externals as capture_externals
 from .external import ExternalParameter as ExternalParameter
 from .external import UninitializedExternalError as UninitializedExternalError
 from .hypernetized import register_linear_like as register_linear_like

@@ -5,8 +5,7 @@ externals like parameters, plus a per-example dispatch (a batched kernel for tor
 for anything else). `LowRankLinear` keeps the frozen weight and adds `s * (x Aᵀ) Bᵀ` from externals
 `lora_A` (r, in) and `lora_B` (out, r): the PEFT-LoRA shape with predicted factors.
 
-The classes are made once per base class and cached; instances pickle as "(kind, base class) + state",
-so `torch.save`, `pickle` and `copy.deepcopy` work although the class itself is made at run time.
+The classes come from the one run-time class factory (`derived.py`) and pickle through it.
 """
 
 from __future__ import annotations
@@ -16,14 +15,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .derived import derived_class, reduce_derived
 from .external import UninitializedExternalError
 from .functional import lowrank_add
 from .layers import batched_forward_for
 from .module import HyperModule
 from .per_example import per_example_forward
+
+ORIGINAL_PREFIX = "hl_original_"  # non-persistent buffers that keep pretrained values
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,13 @@ class LinearLike:
 
 LINEAR_LIKE: dict[type[nn.Module], LinearLike] = {
     nn.Linear: LinearLike(lambda m: m.in_features, lambda m: m.out_features),
+}
+# known by qualified name, so the core recognises them without importing their framework, whatever was imported
+# first: Transformers' Conv1D (GPT-2 and friends) stores its weight as (in, out)
+LINEAR_LIKE_BY_NAME: dict[str, LinearLike] = {
+    "transformers.pytorch_utils.Conv1D": LinearLike(
+        lambda m: m.weight.shape[0], lambda m: m.weight.shape[1], transposed=True
+    ),
 }
 
 
@@ -57,6 +67,9 @@ def linear_like(module: nn.Module) -> LinearLike | None:
     for cls in type.mro(base):
         if cls in LINEAR_LIKE:
             return LINEAR_LIKE[cls]
+        spec = LINEAR_LIKE_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if spec is not None:
+            return spec
     return None
 
 
@@ -68,14 +81,22 @@ class HypernetizedModule(HyperModule):
     _hl_batched: Callable[..., Any] | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        batch = self.__dict__["_external_batch"]
+        bound = self.current_externals()
         base_forward = self._hl_base.forward
-        if batch is None:
+        if bound.plan.batch is None:
             return base_forward(self, *args, **kwargs)
         batched = type(self)._hl_batched
         if batched is not None:
             return batched(self, *args, **kwargs)
-        return per_example_forward(self, partial(base_forward, self), batch, args, kwargs)
+        return per_example_forward(self, partial(base_forward, self), bound.plan, args, kwargs)
+
+    def _value_when_unset(self, name: str) -> Tensor:
+        # hypernetize(..., unset="original"): with no value bound, the module is the pretrained one
+        if self.__dict__.get("_hl_unset") == "original":
+            original = self._buffers.get(f"{ORIGINAL_PREFIX}{name}")
+            if original is not None:
+                return original
+        return super()._value_when_unset(name)
 
     def extra_repr(self) -> str:
         try:
@@ -83,8 +104,13 @@ class HypernetizedModule(HyperModule):
         except UninitializedExternalError:  # the original repr reads a tensor that is now an unset external
             return ""
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_hl_original_params", None)  # weak references to tied originals: valid in this process only
+        return state
+
     def __reduce_ex__(self, protocol: Any) -> tuple:
-        return (_rebuild, (self._hl_kind, self._hl_base), self.__getstate__())
+        return reduce_derived(self, self.__getstate__())
 
 
 class LowRankModule(HypernetizedModule):
@@ -92,41 +118,42 @@ class LowRankModule(HypernetizedModule):
 
     _hl_kind = "lowrank"
 
+    def _expected_dtype(self, name: str) -> torch.dtype | None:
+        return None  # the factors are cast to the activations' dtype where they are used (lowrank_add)
+
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         y = self._hl_base.forward(self, x, *args, **kwargs)
-        lora_a, lora_b = self.lora_A, self.lora_B
+        bound = self.current_externals()
+        if not bound.values and self.__dict__.get("_hl_unset") == "original":
+            return y  # nothing bound: the pretrained layer
+        lora_a, lora_b = self.lora_A, self.lora_B  # raise, naming the external, if one is unset
+        if bound.plan.batch is not None:
+            lora_a, lora_b = bound.batched("lora_A", lora_a), bound.batched("lora_B", lora_b)
         p = self.__dict__.get("lora_dropout", 0.0)
         h = F.dropout(x, p, self.training) if p else x
-        return lowrank_add(y, h, lora_a, lora_b, self.__dict__.get("lora_scaling", 1.0))
+        return lowrank_add(y, h, lora_a, lora_b, self.__dict__.get("lora_scaling", 1.0), bound.plan)
 
 
 _MIXINS = {"full": HypernetizedModule, "lowrank": LowRankModule}
 _PREFIX = {"full": "Hypernetized", "lowrank": "LowRank"}
-_CLASSES: dict[tuple[str, type[nn.Module]], type[nn.Module]] = {}
+
+
+def _hypernetized_recipe(kind: str, base: type[nn.Module]) -> tuple[str, tuple[type, ...], dict[str, Any]]:
+    batched = batched_forward_for(base) if kind == "full" else None
+    namespace = {
+        "__module__": __name__,
+        "__doc__": f"{base.__name__} with hypernetwork-provided externals ({kind}).",
+        "_hl_base": base,
+        "_hl_batched": staticmethod(batched) if batched is not None else None,
+    }
+    return f"{_PREFIX[kind]}{base.__name__}", (_MIXINS[kind], base), namespace
 
 
 def hypernetized_class(base: type[nn.Module], kind: str = "full") -> type[nn.Module]:
     """The (cached) class `Hypernetized<Base>` or `LowRank<Base>` for an original module class."""
     if kind not in _MIXINS:
         raise ValueError(f"kind must be one of {sorted(_MIXINS)}, got {kind!r}")
-    key = (kind, base)
-    if key not in _CLASSES:
-        name = f"{_PREFIX[kind]}{base.__name__}"
-        batched = batched_forward_for(base) if kind == "full" else None
-        namespace = {
-            "__module__": __name__,
-            "__qualname__": name,
-            "__doc__": f"{base.__name__} with hypernetwork-provided externals ({kind}).",
-            "_hl_base": base,
-            "_hl_batched": staticmethod(batched) if batched is not None else None,
-        }
-        _CLASSES[key] = type(name, (_MIXINS[kind], base), namespace)
-    return _CLASSES[key]
-
-
-def _rebuild(kind: str, base: type[nn.Module]) -> nn.Module:
-    cls = hypernetized_class(base, kind)
-    return cls.__new__(cls)
+    return derived_class(_hypernetized_recipe, kind, base)
 
 
 def is_hypernetized(module: nn.Module) -> bool:

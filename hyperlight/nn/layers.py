@@ -9,19 +9,32 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as HF
+from .binding import Plan
 from .external import ExternalParameter
 from .module import HyperModule
 
 
-def linear_forward(module: nn.Module, x: Tensor) -> Tensor:
-    return HF.linear(x, module.weight, module.bias)
+def _tensors(module: HyperModule, *names: str) -> tuple[Plan, list[Tensor | None]]:
+    """The call's plan and `names` of `module` shaped for it: externals as bound, other tensors (a bias that
+    stayed a parameter) shared, or expanded to (B, ...) views when the plan is per-example."""
+    bound = module.current_externals()
+    if bound.plan.batch is None:
+        return bound.plan, [getattr(module, name) for name in names]
+    return bound.plan, [bound.batched(n, getattr(module, n)) for n in names]
 
 
-def conv_forward(module: nn.Module, x: Tensor) -> Tensor:
+def linear_forward(module: HyperModule, x: Tensor) -> Tensor:
+    plan, (weight, bias) = _tensors(module, "weight", "bias")
+    return HF.linear(x, weight, bias, plan)
+
+
+def conv_forward(module: HyperModule, x: Tensor) -> Tensor:
+    plan, (weight, bias) = _tensors(module, "weight", "bias")
     return HF.conv(
         x,
-        module.weight,
-        module.bias,
+        weight,
+        bias,
+        plan,
         ndim=len(module.kernel_size),
         stride=module.stride,
         padding=module.padding,
@@ -32,10 +45,12 @@ def conv_forward(module: nn.Module, x: Tensor) -> Tensor:
     )
 
 
-def embedding_forward(module: nn.Module, ids: Tensor) -> Tensor:
+def embedding_forward(module: HyperModule, ids: Tensor) -> Tensor:
+    plan, (weight,) = _tensors(module, "weight")
     return HF.embedding(
         ids,
-        module.weight,
+        weight,
+        plan,
         module.padding_idx,
         max_norm=module.max_norm,
         norm_type=module.norm_type,

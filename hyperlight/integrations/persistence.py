@@ -1,0 +1,155 @@
+"""Saving and loading a hyper model: its trained state only (condition encoder, generator, `modules_to_save`),
+as `save_pretrained` files or as `state_dict()` (so a plain `Trainer` checkpoint is small and loadable)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.module import _IncompatibleKeys
+
+from .._version import __version__
+from .config import CONFIG_NAME, HyperConfig
+from .io import CONFIG_KEY, WEIGHTS_NAME, config_from_tensor, config_to_tensor, read_checkpoint, save_json, save_tensors
+
+if TYPE_CHECKING:
+    from .model import HyperModel
+
+
+def _full_tensor(tensor: Tensor) -> Tensor:
+    """The whole tensor behind an FSDP2-sharded DTensor (a collective: every rank must call it)."""
+    full = getattr(tensor, "full_tensor", None)
+    return full() if callable(full) else tensor
+
+
+class HyperModelPersistence:
+    """The save/load half of `HyperModel` (a mixin: it uses the model's public surface only)."""
+
+    def hyper_state_dict(self: HyperModel, *, keep_vars: bool = False) -> dict[str, Tensor]:
+        """The trained state: condition encoder, generator and `modules_to_save` (never the frozen base)."""
+        parts = [("condition_encoder.", self.condition_encoder), ("generator.", self.generator)]
+        parts += [(f"base_model.{name}.", module) for name, module in self.saved_modules.items()]
+        state: dict[str, Tensor] = {}
+        for prefix, module in parts:
+            state.update({prefix + k: v for k, v in nn.Module.state_dict(module, keep_vars=keep_vars).items()})
+        return state
+
+    def fingerprint(self: HyperModel) -> dict[str, Any]:
+        """What a checkpoint records of the model it was trained on, checked when it is loaded."""
+        return {
+            "version": __version__,
+            "base_model_class": type(self.base_model).__name__,
+            "model_type": getattr(getattr(self.base_model, "config", None), "model_type", None),
+            "targets": self.target_shapes,
+        }
+
+    def save_pretrained(self: HyperModel, save_directory: str | Path, *, is_main_process: bool = True, **_: Any) -> None:
+        """Write `hyper_config.json` and `hyper_model.safetensors` (the hyper weights only; atomic writes).
+
+        Under FSDP call it on every process (sharded weights are gathered), with `is_main_process` true on one.
+        """
+        self.require_loaded()
+        directory = Path(save_directory)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(f"save_pretrained needs a directory, got the file {directory}")
+        state = {k: _full_tensor(v) for k, v in self.hyper_state_dict().items()}
+        if not is_main_process:
+            return
+        save_tensors(directory / WEIGHTS_NAME, state, {"format": "pt", "hyperlight": __version__})
+        save_json(directory / CONFIG_NAME, self._config_record())
+
+    def _config_record(self: HyperModel) -> dict[str, Any]:
+        return {**self.hyper_config.to_dict(), "hyperlight": self.fingerprint()}
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False) -> HyperModel:
+        """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory or a
+        `Trainer` checkpoint directory (whose `model.safetensors` holds the hyper weights and config).
+
+        Fails with a clear error if `model` is not the architecture (targets and shapes) it was trained on.
+        With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
+        """
+        directory = Path(path)
+        saved, state = read_checkpoint(directory)
+        provenance = saved.pop("hyperlight", {})
+        hyper = cls(model, HyperConfig.from_dict(saved))
+        try:
+            hyper.check_provenance(provenance, directory)
+        except ValueError:
+            hyper.unload()
+            raise
+        hyper._load_hyper_state(state)
+        if not is_trainable:
+            hyper.requires_grad_(False)
+            hyper.eval()
+        return hyper
+
+    def check_provenance(self: HyperModel, provenance: Mapping[str, Any], directory: Path) -> None:
+        """Raise if a checkpoint's recorded model (type, targets, shapes) is not this one."""
+        saved_type, model_type = provenance.get("model_type"), self.fingerprint()["model_type"]
+        where = f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')}"
+        if saved_type != model_type:
+            raise ValueError(
+                f"{where} (model_type {saved_type!r}), not on a {type(self.base_model).__name__} "
+                f"(model_type {model_type!r}); load it onto the base model it was trained with"
+            )
+        expected, actual = provenance.get("targets"), self.target_shapes
+        if expected is not None and expected != actual:
+            missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+            differ = [n for n in expected if n in actual and expected[n] != actual[n]]
+            detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
+            if differ:
+                detail += f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {actual[differ[0]]})"
+            raise ValueError(
+                f"{where} ({saved_type}) whose targets do not match this {type(self.base_model).__name__}: "
+                f"{detail}. Load it onto the base model it was trained with"
+            )
+
+    # -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------
+
+    def state_dict(self: HyperModel, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """The hyper weights (never the frozen base) plus the config as a tensor, so that a plain
+        `Trainer` checkpoint (`model.safetensors`) is small and loads with `HyperModel.from_pretrained`.
+        `base_state_dict()` gives the base model's."""
+        if args:
+            raise TypeError("state_dict takes keyword arguments only (destination=, prefix=, keep_vars=)")
+        destination = OrderedDict() if destination is None else destination
+        for key, value in self.hyper_state_dict(keep_vars=keep_vars).items():
+            destination[prefix + key] = value
+        destination[prefix + CONFIG_KEY] = config_to_tensor(self._config_record())
+        return destination
+
+    def load_state_dict(self: HyperModel, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load what `state_dict()` gives (the config entry, if present, must match this model's)."""
+        state = dict(state_dict)
+        record = state.pop(CONFIG_KEY, None)
+        if record is not None:
+            saved = config_from_tensor(record)
+            provenance = saved.pop("hyperlight", {})
+            if HyperConfig.from_dict(saved) != self.hyper_config:
+                raise ValueError("the state dict was saved from a hyper model with another HyperConfig")
+            self.check_provenance(provenance, Path("<state_dict>"))
+        return self._load_hyper_state(state, strict=strict)
+
+    def base_state_dict(self: HyperModel) -> dict[str, Tensor]:
+        """The base model's own state dict (its hypernetized targets' frozen weights included)."""
+        return self.base_model.state_dict()
+
+    def _load_hyper_state(self: HyperModel, state: Mapping[str, Tensor], *, strict: bool = True) -> Any:
+        own = self.hyper_state_dict()
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if bad or (strict and (missing or extra)):
+            raise ValueError(
+                f"hyper weights do not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, "
+                f"wrong shapes {bad[:4]}"
+            )
+        with torch.no_grad():
+            for key, value in state.items():
+                if key in own:
+                    own[key].copy_(value)
+        return _IncompatibleKeys(missing, extra)

@@ -1,0 +1,144 @@
+"""Externals bound to a call: the one owner of a call's tensors and of its per-example plan.
+
+A call (a hyper model's forward or generate, a `using_externals` block, one example inside the `vmap`
+fallback) binds `{module: BoundValues}` for its duration. Layers look their values up in the bindings
+of the call they run in, innermost first, so concurrent threads (each has its own context), nested calls
+and asyncio tasks never see each other's tensors, and nothing stays on the modules when the call returns.
+
+Gradient checkpointing re-runs a layer's forward during backward, after the call returned and possibly on
+another thread (autograd's device threads on CUDA): `capture_externals(fn)` returns `fn` bound to the
+externals of the moment it was made, so the recompute reads the weights of the forward it recomputes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a module's bound values map onto the rows of its input, decided once when they are bound.
+
+    `batch` is None when the values are shared by every row. Otherwise value b serves example b, and an
+    input of `batch * k` rows (beam search, `num_return_sequences`) uses value b for rows b·k … b·k+k−1,
+    the `repeat_interleave` layout; `expand` pins k when the caller knows it (None: any whole multiple).
+    """
+
+    batch: int | None = None
+    expand: int | None = None
+
+    def rows_per_value(self, rows: int, what: str) -> int:
+        """k for an input of `rows` rows: 1 for a plain batch, the expansion factor for an expanded one."""
+        batch = self.batch
+        assert batch is not None, "rows_per_value is for per-example plans"
+        if rows == batch:
+            return 1
+        if self.expand is None:
+            fits = batch > 0 and rows % batch == 0
+        else:
+            fits = rows == batch * self.expand
+        if not fits:
+            allowed = f"{batch}" + (
+                f" or {batch * self.expand}" if self.expand is not None else f" (or a multiple of {batch})"
+            )
+            raise ValueError(
+                f"{what}: per-example weights were given for a batch of {batch}, but the input has {rows} rows; "
+                f"its first dimension must be {allowed}. Give one condition/value per example of the input, "
+                "or shared (unbatched) values"
+            )
+        return rows // batch
+
+
+SHARED = Plan()
+
+
+@dataclass(frozen=True, slots=True)
+class BoundValues:
+    """The values one module reads in one call.
+
+    `values` are as given: `shape`, or `(B, *shape)` for the names in `per_example`. Kernels ask for
+    `batched(name)`, which gives every tensor the leading B when the plan is per-example (a view).
+    """
+
+    values: Mapping[str, Tensor] = field(default_factory=dict)
+    plan: Plan = SHARED
+    per_example: frozenset[str] = frozenset()
+
+    def batched(self, name: str, fallback: Tensor | None = None) -> Tensor | None:
+        """`name`'s value (or `fallback`, e.g. a parameter that is not an external) shaped for the plan."""
+        value = self.values.get(name, fallback)
+        batch = self.plan.batch
+        if value is None or batch is None or name in self.per_example:
+            return value
+        return value.expand(batch, *value.shape)
+
+
+UNBOUND = BoundValues()
+
+
+class _Scope:
+    """One binding in the chain of the current context: its entries, then the enclosing binding's."""
+
+    __slots__ = ("entries", "parent")
+
+    def __init__(self, entries: Mapping[nn.Module, BoundValues], parent: _Scope | None) -> None:
+        self.entries = entries
+        self.parent = parent
+
+
+_CURRENT: ContextVar[_Scope | None] = ContextVar("hyperlight_bound_externals", default=None)
+
+
+def bound_values(module: nn.Module) -> BoundValues | None:
+    """What `module` reads in the current call (innermost binding first), or None if no call binds it."""
+    scope = _CURRENT.get()
+    while scope is not None:
+        entry = scope.entries.get(module)
+        if entry is not None:
+            return entry
+        scope = scope.parent
+    return None
+
+
+@contextmanager
+def bind(entries: Mapping[nn.Module, BoundValues]) -> Iterator[None]:
+    """Bind `entries` for the calls made inside the block (in this context only), over the enclosing ones."""
+    token = _CURRENT.set(_Scope(entries, _CURRENT.get()))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def capture_externals(fn: F) -> F:
+    """`fn`, bound to the externals visible now: calling it later (a gradient-checkpointing recompute during
+    backward, another thread) runs it with exactly these values.
+
+    >>> import torch
+    >>> from hyperlight import HyperLinear
+    >>> layer = HyperLinear(2, 1, bias=False)
+    >>> with layer.using_externals(weight=torch.ones(1, 2)):
+    ...     later = capture_externals(layer)
+    >>> later(torch.ones(1, 2))   # the block has ended; the captured values still apply
+    tensor([[2.]])
+    """
+    scope = _CURRENT.get()
+
+    def run_bound(*args: Any, **kwargs: Any) -> Any:
+        token = _CURRENT.set(scope)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _CURRENT.reset(token)
+
+    run_bound.__wrapped__ = fn  # type: ignore[attr-defined]
+    return run_bound  # type: ignore[return-value]
