@@ -445,5 +445,7 @@ def original_value(module: nn.Module, name: str) -> Tensor:
     """The pretrained value that `hypernetize` kept for external `name` of `module` (with keep_original)."""
     value = module._buffers.get(f"{_ORIGINAL}{name}")
     if value is None:
-        raise KeyError(f"{type(module).__name__} kept no pretrained value for '{name}' (hypernetize keep_original=False?)")
+        raise KeyError(
+            f"{type(module).__name__} kept no pretrained value for '{name}' (hypernetize keep_original=False?)"
+        )
     return value

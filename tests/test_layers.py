@@ -156,7 +156,9 @@ def test_per_example_weights_need_a_matching_input_batch():
         layer(torch.randn(5, 4))
     conv = HyperConv2d(2, 2, 1)
     conv.set_externals(weight=torch.randn(3, 2, 2, 1, 1), bias=torch.randn(2))
-    with pytest.raises(ValueError, match=r"conv2d: per-example weights were given for a batch of 3, but the input has 2 rows"):
+    with pytest.raises(
+        ValueError, match=r"conv2d: per-example weights were given for a batch of 3, but the input has 2 rows"
+    ):
         conv(torch.randn(2, 2, 4, 4))
 
 

@@ -109,13 +109,3 @@ def test_generate_computes_the_weights_once_per_call(hypers, monkeypatch):
     monkeypatch.setattr(hyper.generator, "forward", lambda z: calls.append(z.shape[0]) or original(z))
     hyper.generate(**_prompt(case, 4), task=torch.tensor([0, 1, 1, 0]), max_new_tokens=8, pad_token_id=0)
     assert calls == [2]  # one pass, for the 2 distinct conditions, not one per decoding step or per row
-
-
-def test_externals_stay_set_after_forward_for_checkpoint_recompute(hypers):
-    case = GENERATIVE[0]
-    hyper = hypers(case)
-    hyper(**case.inputs(2), task=torch.tensor([1, 2]))
-    module = hyper._target_modules[hyper.targeted_module_names[0]]
-    assert module._external_batch == 2 and set(module._external_values) == {"lora_A", "lora_B"}
-    hyper.reset_conditions()
-    assert not module._external_values

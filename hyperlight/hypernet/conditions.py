@@ -114,7 +114,7 @@ class ConditionEncoder(nn.Module):
         device = next(self.parameters()).device
         checked = {name: self._check_one(name, spec, values[name], device) for name, spec in self.specs.items()}
         sizes = {name: t.shape[0] for name, t in checked.items()}
-        batch = batch_size or max(sizes.values())
+        batch = batch_size if batch_size is not None else max(sizes.values())
         for name, t in checked.items():
             if t.shape[0] == 1 and batch != 1:
                 checked[name] = t.expand(batch, *t.shape[1:])

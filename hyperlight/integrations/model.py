@@ -274,6 +274,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         """(weights, B): B is None when every row shares one condition and the weights are unbatched."""
         checked = self.condition_encoder.check(conditions, batch_size)
         rows = next(iter(checked.values())).shape[0]
+        if rows == 0:  # an empty batch: nothing to generate; the targets compute as the pretrained model would
+            return {}, None
         if torch.compiler.is_compiling() or any(v.requires_grad for v in checked.values()):
             # under torch.compile: no data-dependent shapes, so changing conditions never recompile;
             # with conditions that require grad: no deduplication, every row gets its own gradient
@@ -288,7 +290,9 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
             return self._cast(self.generator(z), 0), None  # one condition: shared weights
         return self._cast(self.generator(z), inverse), rows  # (U, ...) -> (B, ...)
 
-    def _cast(self, generated: dict[str, dict[str, Tensor]], pick: Tensor | int | None) -> dict[str, dict[str, Tensor]]:
+    def _cast(
+        self, generated: dict[str, dict[str, Tensor]], pick: Tensor | int | None
+    ) -> dict[str, dict[str, Tensor]]:
         """Pick the rows for the batch (None: as they are; an int: that one row; a tensor: gathered) and, in
         full mode, cast to the dtype of the pretrained values (lora factors are cast where they are used)."""
         out: dict[str, dict[str, Tensor]] = {}
@@ -336,6 +340,11 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         bind_checkpointing(self._checkpointable)
         with bind(self._bind(batch_size, conditions, expand=None)):
             yield
+
+    def get_base_model(self) -> nn.Module:
+        """The base model (as PEFT's `get_base_model`). Called directly, outside any call of this hyper model or
+        `conditioned(...)` block, it computes as the pretrained model: generated weights live in calls only."""
+        return self.base_model
 
     def _pop_conditions(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {name: kwargs.pop(name) for name in self.condition_names if name in kwargs}

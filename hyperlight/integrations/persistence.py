@@ -14,7 +14,15 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from .._version import __version__
 from .config import CONFIG_NAME, HyperConfig
-from .io import CONFIG_KEY, WEIGHTS_NAME, config_from_tensor, config_to_tensor, read_checkpoint, save_json, save_tensors
+from .io import (
+    CONFIG_KEY,
+    WEIGHTS_NAME,
+    config_from_tensor,
+    config_to_tensor,
+    read_checkpoint,
+    save_json,
+    save_tensors,
+)
 
 if TYPE_CHECKING:
     from .model import HyperModel
@@ -47,7 +55,9 @@ class HyperModelPersistence:
             "targets": self.target_shapes,
         }
 
-    def save_pretrained(self: HyperModel, save_directory: str | Path, *, is_main_process: bool = True, **_: Any) -> None:
+    def save_pretrained(
+        self: HyperModel, save_directory: str | Path, *, is_main_process: bool = True, **_: Any
+    ) -> None:
         """Write `hyper_config.json` and `hyper_model.safetensors` (the hyper weights only; atomic writes).
 
         Under FSDP call it on every process (sharded weights are gathered), with `is_main_process` true on one.
@@ -111,7 +121,9 @@ class HyperModelPersistence:
 
     # -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------
 
-    def state_dict(self: HyperModel, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+    def state_dict(
+        self: HyperModel, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
+    ) -> Any:
         """The hyper weights (never the frozen base) plus the config as a tensor, so that a plain
         `Trainer` checkpoint (`model.safetensors`) is small and loads with `HyperModel.from_pretrained`.
         `base_state_dict()` gives the base model's."""
@@ -123,7 +135,9 @@ class HyperModelPersistence:
         destination[prefix + CONFIG_KEY] = config_to_tensor(self._config_record())
         return destination
 
-    def load_state_dict(self: HyperModel, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+    def load_state_dict(
+        self: HyperModel, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
         """Load what `state_dict()` gives (the config entry, if present, must match this model's)."""
         state = dict(state_dict)
         record = state.pop(CONFIG_KEY, None)
