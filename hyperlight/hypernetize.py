@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
@@ -115,9 +114,9 @@ def _refuse_unsupported(module: nn.Module, prefix: str, model: nn.Module) -> Non
     owner = _parametrized_owner(model, prefix)
     if owner is not None:
         raise TypeError(
-            f"{where} belongs to a parametrization of '{owner}' (e.g. weight_norm): its weight is computed from "
-            "these tensors by a function that expects one unbatched value, so per-example weights would be "
-            "silently wrong. Hypernetize before parametrizing, or remove it with "
+            f"{where} cannot be hypernetized: '{owner}' is parametrized (e.g. weight_norm), so its weight is computed "
+            "by a function that expects one unbatched value and generated or per-example weights would be "
+            "silently misread. Hypernetize before parametrizing, or remove it first with "
             "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')"
         )
 
@@ -156,7 +155,12 @@ def _swap_class(module: nn.Module, kind: str) -> None:
 
 
 def _externalize(
-    module: nn.Module, names: list[str], *, keep_original: bool, detached: dict[int, Tensor] | None = None
+    module: nn.Module,
+    names: list[str],
+    *,
+    keep_original: bool,
+    detached: dict[int, Tensor] | None = None,
+    tied: Mapping[str, str] | None = None,
 ) -> dict[str, Tensor]:
     """Turn `names` into externals. `detached` (id of a parameter -> its detached value) is shared across the
     modules of one call, so a parameter tied between modules keeps one original object, and
@@ -164,16 +168,35 @@ def _externalize(
     _swap_class(module, "full")
     detached = {} if detached is None else detached
     values = {}
-    originals = module.__dict__.setdefault("_hl_original_params", {})
+    if tied:  # by name, so copies keep it: unhypernetize re-attaches the Parameter the other module still holds
+        module.__dict__.setdefault("_hl_tied", {}).update(tied)
     for name in names:
         param = module._parameters.pop(name)
         value = detached.setdefault(id(param), param.detach())
-        originals[name] = weakref.ref(param)  # alive while tied elsewhere: unhypernetize restores that very object
         if keep_original:
             module.register_buffer(f"{_ORIGINAL}{name}", value, persistent=False)
         module.register_external(name, ExternalParameter(tuple(param.shape)))
         values[name] = value
     return values
+
+
+def _ties_left_out(model: nn.Module, plan: list[tuple[str, list[str]]]) -> dict[str, str]:
+    """`{selected parameter: the name of a module's parameter tied to it that stays}` (e.g. an output head
+    tied to the input embedding, of which only the head is hypernetized)."""
+    owners: dict[int, list[str]] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, param in module._parameters.items():
+            if param is not None:
+                owners.setdefault(id(param), []).append(_full(prefix, name))
+    modules = dict(model.named_modules())
+    selected = {_full(prefix, n) for prefix, names in plan for n in names}
+    ties = {}
+    for prefix, names in plan:
+        for name in names:
+            staying = [o for o in owners[id(modules[prefix]._parameters[name])] if o not in selected]
+            if staying:
+                ties[_full(prefix, name)] = staying[0]
+    return ties
 
 
 def _check_lowrank_target(module: nn.Module, prefix: str, names: list[str]) -> None:
@@ -278,10 +301,12 @@ def hypernetize(
 
     values: dict[str, Tensor] = {}
     detached: dict[int, Tensor] = {}
+    ties = _ties_left_out(model, plan) if rank is None else {}
     for prefix, names in plan:
         module = named[prefix]
         if rank is None:
-            created = _externalize(module, names, keep_original=keep_original, detached=detached)
+            tied = {n: ties[_full(prefix, n)] for n in names if _full(prefix, n) in ties}
+            created = _externalize(module, names, keep_original=keep_original, detached=detached, tied=tied)
         else:
             created = _add_lowrank(module, rank, alpha, dropout)
         module.__dict__["_hl_unset"] = unset
@@ -377,7 +402,7 @@ def unhypernetize(model: nn.Module, values: Mapping[str, Tensor] | None = None, 
                     f"'{prefix}' is a user-defined {type(module).__name__}; it has no plain twin to restore"
                 )
             continue
-        _restore(module, prefix, given, restored)
+        _restore(module, prefix, given, restored, model)
     return model
 
 
@@ -392,7 +417,11 @@ def external_shapes_of(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _restore(
-    module: nn.Module, prefix: str, given: Mapping[str, Tensor], restored: dict[int, tuple[Tensor, nn.Parameter]]
+    module: nn.Module,
+    prefix: str,
+    given: Mapping[str, Tensor],
+    restored: dict[int, tuple[Tensor, nn.Parameter]],
+    root: nn.Module,
 ) -> None:
     if isinstance(module, LowRankModule):
         a_name, b_name = _full(prefix, "lora_A"), _full(prefix, "lora_B")
@@ -405,7 +434,7 @@ def _restore(
             module.__dict__.pop(key, None)
     else:
         requires_grad = module.__dict__.get("_hl_requires_grad", {})
-        tied = module.__dict__.get("_hl_original_params", {})
+        tied = module.__dict__.get("_hl_tied", {})
         for name in list(module._externals):
             full = _full(prefix, name)
             original = module._buffers.pop(f"{_ORIGINAL}{name}", None)
@@ -416,7 +445,7 @@ def _restore(
             else:
                 raise KeyError(f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True")
             grad = requires_grad.get(name, True)
-            alive = tied[name]() if name in tied else None
+            alive = _parameter_or_none(root, tied[name]) if name in tied else None
             if alive is not None:  # the original Parameter is still held by a module that was not hypernetized
                 with torch.no_grad():
                     if value is not alive and not _same_storage(value, alive):
@@ -431,10 +460,17 @@ def _restore(
     module.__dict__["_parameters"] = {n: params[n] for n in order if n in params} | {
         n: p for n, p in params.items() if n not in order
     }
-    for key in ("_hl_param_order", "_hl_requires_grad", "_hl_original_params", "_hl_unset"):
+    for key in ("_hl_param_order", "_hl_requires_grad", "_hl_tied", "_hl_unset"):
         module.__dict__.pop(key, None)
     drop_external_state(module)
     module.__class__ = module._hl_base
+
+
+def _parameter_or_none(root: nn.Module, name: str) -> nn.Parameter | None:
+    try:
+        return root.get_parameter(name)
+    except AttributeError:  # unhypernetize was given another root, or that side was hypernetized since
+        return None
 
 
 def _same_storage(a: Tensor, b: Tensor) -> bool:

@@ -2,7 +2,7 @@
 
 Checkpointing re-runs a layer's forward during backward: after the call returned, possibly after other
 forwards, possibly on another thread. `BindingCheckpoint` wraps the checkpoint function Transformers hands
-each layer so the function it checkpoints is bound to the call's externals (`capture_externals`): the
+each layer so the function it checkpoints is bound to the call's externals (`bound_to_now`): the
 recompute reads the weights of the forward it recomputes.
 
 With `use_reentrant=True`, each checkpointed layer runs its own nested `backward` during the outer one. If
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.binding import capture_externals
+from ..nn.binding import bound_to_now
 
 
 class BindingCheckpoint:
@@ -31,7 +31,7 @@ class BindingCheckpoint:
         self.inner = inner
 
     def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return self.inner(capture_externals(function), *args, **kwargs)
+        return self.inner(bound_to_now(function), *args, **kwargs)
 
     @property
     def keywords(self) -> dict[str, Any]:  # the checkpoint arguments, as functools.partial shows them

@@ -6,8 +6,8 @@ of the call they run in, innermost first, so concurrent threads (each has its ow
 and asyncio tasks never see each other's tensors, and nothing stays on the modules when the call returns.
 
 Gradient checkpointing re-runs a layer's forward during backward, after the call returned and possibly on
-another thread (autograd's device threads on CUDA): `capture_externals(fn)` returns `fn` bound to the
-externals of the moment it was made, so the recompute reads the weights of the forward it recomputes.
+another thread (autograd's device threads on CUDA): `bound_to_now(fn)` returns `fn` bound to the bindings
+of the moment it was made, so the recompute reads the weights of the forward it recomputes.
 """
 
 from __future__ import annotations
@@ -119,19 +119,19 @@ def bind(entries: Mapping[nn.Module, BoundValues]) -> Iterator[None]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def capture_externals(fn: F) -> F:
-    """`fn`, bound to the externals visible now: calling it later (a gradient-checkpointing recompute during
-    backward, another thread) runs it with exactly these values.
-
-    >>> import torch
-    >>> from hyperlight import HyperLinear
-    >>> layer = HyperLinear(2, 1, bias=False)
-    >>> with layer.using_externals(weight=torch.ones(1, 2)):
-    ...     later = capture_externals(layer)
-    >>> later(torch.ones(1, 2))   # the block has ended; the captured values still apply
-    tensor([[2.]])
-    """
+def bound_to_now(fn: F, beneath: Mapping[nn.Module, BoundValues] | None = None) -> F:
+    """`fn`, bound to the bindings of the current context (over `beneath`): calling it later, from any thread,
+    runs it with exactly these. `capture_externals` (module.py) is the public form."""
     scope = _CURRENT.get()
+    if beneath:  # one flat scope: `beneath`, then every binding of the chain, innermost last (it wins)
+        chain = []
+        while scope is not None:
+            chain.append(scope)
+            scope = scope.parent
+        flat = dict(beneath)
+        for frame in reversed(chain):
+            flat.update(frame.entries)
+        scope = _Scope(flat, None)
 
     def run_bound(*args: Any, **kwargs: Any) -> Any:
         token = _CURRENT.set(scope)

@@ -104,11 +104,6 @@ class HypernetizedModule(HyperModule):
         except UninitializedExternalError:  # the original repr reads a tensor that is now an unset external
             return ""
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.pop("_hl_original_params", None)  # weak references to tied originals: valid in this process only
-        return state
-
     def __reduce_ex__(self, protocol: Any) -> tuple:
         return reduce_derived(self, self.__getstate__())
 

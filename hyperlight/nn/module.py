@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from .binding import UNBOUND, BoundValues, Plan, bind, bound_values
+from .binding import UNBOUND, BoundValues, Plan, bind, bound_to_now, bound_values
 from .external import ExternalParameter, Shape, UninitializedExternalError
 
 _STATE_KEYS = ("_externals", "_hl_explicit", "_external_prefix")
@@ -263,6 +263,33 @@ class HyperModule(nn.Module):
             _check_one_batch({module._full_name(n): merged[n].shape[0] for n in per_example})
             entries[module] = _entry(merged, frozenset(per_example))
         return entries
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def capture_externals(fn: F) -> F:
+    """`fn`, bound to the externals visible now: calling it later (a gradient-checkpointing recompute during
+    backward, another thread) runs it with exactly these values.
+
+    The values bound by calls and `using_externals` blocks are captured; so are the explicit
+    (`set_externals`) values of every HyperModule below `fn` when `fn` is a module.
+
+    >>> import torch
+    >>> from hyperlight import HyperLinear
+    >>> layer = HyperLinear(2, 1, bias=False)
+    >>> with layer.using_externals(weight=torch.ones(1, 2)):
+    ...     later = capture_externals(layer)
+    >>> later(torch.ones(1, 2))   # the block has ended; the captured values still apply
+    tensor([[2.]])
+    """
+    explicit: dict[nn.Module, BoundValues] = {}
+    if isinstance(fn, nn.Module):
+        for module in fn.modules():
+            own = module.__dict__.get("_hl_explicit") if isinstance(module, HyperModule) else None
+            if own is not None and own.values:
+                explicit[module] = own
+    return bound_to_now(fn, explicit)
 
 
 def _entry(values: Mapping[str, Tensor], per_example: frozenset[str]) -> BoundValues:

@@ -20,8 +20,9 @@ from .module import HyperModule
 def _refuse_unsupported(root: nn.Module) -> None:
     for module in root.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+            name = getattr(type(module), "_hl_base", type(module)).__name__
             raise NotImplementedError(
-                f"per-example weights are not supported for {type(module).__name__} in training mode: its batch "
+                f"per-example weights are not supported for {name} in training mode: its batch "
                 "statistics mix the examples of a batch, so no result equals running each example alone. Use "
                 "eval() for it, a per-example-safe norm (GroupNorm, LayerNorm), or shared (unbatched) weights"
             )
