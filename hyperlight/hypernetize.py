@@ -180,22 +180,22 @@ def _externalize(
     return values
 
 
-def _ties_left_out(model: nn.Module, plan: list[tuple[str, list[str]]]) -> dict[str, str]:
-    """`{selected parameter: the name of a module's parameter tied to it that stays}` (e.g. an output head
-    tied to the input embedding, of which only the head is hypernetized)."""
-    owners: dict[int, list[str]] = {}
+def _tie_names(model: nn.Module, plan: list[tuple[str, list[str]]]) -> dict[str, str]:
+    """`{selected parameter: the first name (in model order) of the Parameter it is tied to}` for parameters held
+    by several modules (an output head tied to the input embedding). Names survive copies and dtype changes,
+    so unhypernetize ties them again whether the other side was hypernetized or not."""
+    owners: dict[int, dict[int, str]] = {}  # id(param) -> {id(module): a full name}
     for prefix, module in model.named_modules(remove_duplicate=False):
         for name, param in module._parameters.items():
             if param is not None:
-                owners.setdefault(id(param), []).append(_full(prefix, name))
+                owners.setdefault(id(param), {}).setdefault(id(module), _full(prefix, name))
     modules = dict(model.named_modules())
-    selected = {_full(prefix, n) for prefix, names in plan for n in names}
     ties = {}
     for prefix, names in plan:
         for name in names:
-            staying = [o for o in owners[id(modules[prefix]._parameters[name])] if o not in selected]
-            if staying:
-                ties[_full(prefix, name)] = staying[0]
+            held = owners[id(modules[prefix]._parameters[name])]
+            if len(held) > 1:
+                ties[_full(prefix, name)] = next(iter(held.values()))
     return ties
 
 
@@ -301,7 +301,7 @@ def hypernetize(
 
     values: dict[str, Tensor] = {}
     detached: dict[int, Tensor] = {}
-    ties = _ties_left_out(model, plan) if rank is None else {}
+    ties = _tie_names(model, plan) if rank is None else {}
     for prefix, names in plan:
         module = named[prefix]
         if rank is None:
@@ -394,7 +394,8 @@ def unhypernetize(model: nn.Module, values: Mapping[str, Tensor] | None = None, 
                 "(per-example values cannot be baked into one model; pick one example's value)"
             )
 
-    restored: dict[int, tuple[Tensor, nn.Parameter]] = {}  # one Parameter per source: tied weights come back tied
+    _check_tied_values(model, given)
+    restored: dict[str, nn.Parameter] = {}  # one Parameter per tie group (keyed by its first name): ties come back
     for prefix, module in list(model.named_modules()):
         if not isinstance(module, HypernetizedModule):
             if isinstance(module, HyperModule) and module._externals and module is not model:
@@ -420,7 +421,7 @@ def _restore(
     module: nn.Module,
     prefix: str,
     given: Mapping[str, Tensor],
-    restored: dict[int, tuple[Tensor, nn.Parameter]],
+    restored: dict[str, nn.Parameter],
     root: nn.Module,
 ) -> None:
     if isinstance(module, LowRankModule):
@@ -444,17 +445,17 @@ def _restore(
                 value = original
             else:
                 raise KeyError(f"no value for '{full}': pass it in values=, or hypernetize with keep_original=True")
-            grad = requires_grad.get(name, True)
-            alive = _parameter_or_none(root, tied[name]) if name in tied else None
-            if alive is not None:  # the original Parameter is still held by a module that was not hypernetized
+            key = tied.get(name, full)
+            if key in restored:  # another side of this tie was restored already: share its Parameter
+                param = restored[key]
+            elif (alive := _parameter_or_none(root, key) if name in tied else None) is not None:
+                param = alive  # the Parameter is still held by a module that was not hypernetized
                 with torch.no_grad():
                     if value is not alive and not _same_storage(value, alive):
                         alive.data = value.detach().clone().to(alive.device)  # the tie sees the new value too
-                module._parameters[name] = alive
-                continue
-            if id(value) not in restored:  # the value is kept alive with it, so its id cannot be reused
-                restored[id(value)] = (value, nn.Parameter(value.detach().clone(), requires_grad=grad))
-            module._parameters[name] = restored[id(value)][1]
+            else:
+                param = nn.Parameter(value.detach().clone(), requires_grad=requires_grad.get(name, True))
+            restored[key] = module._parameters[name] = param
     order = module.__dict__.get("_hl_param_order", [])
     params = module._parameters
     module.__dict__["_parameters"] = {n: params[n] for n in order if n in params} | {
@@ -464,6 +465,22 @@ def _restore(
         module.__dict__.pop(key, None)
     drop_external_state(module)
     module.__class__ = module._hl_base
+
+
+def _check_tied_values(model: nn.Module, given: Mapping[str, Tensor]) -> None:
+    """Tied parameters come back as one Parameter, so the values given for them must agree (checked before
+    anything changes)."""
+    first: dict[str, tuple[str, Tensor]] = {}
+    for prefix, module in model.named_modules():
+        for name, key in module.__dict__.get("_hl_tied", {}).items():
+            full = _full(prefix, name)
+            if full not in given:
+                continue
+            seen = first.setdefault(key, (full, given[full]))
+            if seen[0] != full and not torch.equal(seen[1], given[full].to(seen[1])):
+                raise ValueError(
+                    f"'{full}' is tied to '{seen[0]}' but was given a different value; give tied parameters one value"
+                )
 
 
 def _parameter_or_none(root: nn.Module, name: str) -> nn.Parameter | None:

@@ -513,16 +513,29 @@ def test_unhypernetize_keeps_a_tie_when_one_side_was_hypernetized(how):
     assert torch.equal(plain.head.weight, original)
 
 
-def test_unhypernetize_ties_again_when_both_sides_were_hypernetized():
+@pytest.mark.parametrize("dtype", [None, torch.float64], ids=["as-is", "after-.to(float64)"])
+def test_unhypernetize_ties_again_when_both_sides_were_hypernetized(dtype):
     model = Tied()
     original = model.emb.weight.detach().clone()
     hypernetize(model, modules=[model.emb, model.head])
     assert set(model.external_shapes()) == {"emb.weight", "head.weight"}
+    if dtype is not None:  # converts each module's kept original separately
+        model.to(dtype)
     plain = unhypernetize(model)
     assert plain.head.weight is plain.emb.weight
     assert isinstance(plain.emb.weight, nn.Parameter)
-    assert torch.equal(plain.emb.weight, original)
+    assert torch.equal(plain.emb.weight, original.to(dtype or original.dtype))
     assert [name for name, _ in plain.named_parameters()] == ["emb.weight"]
+
+
+def test_unhypernetize_refuses_two_values_for_one_tie():
+    model = Tied()
+    hypernetize(model, modules=[model.emb, model.head])
+    with pytest.raises(ValueError, match=r"'head.weight' is tied to 'emb.weight' but was given a different value"):
+        unhypernetize(model, {"emb.weight": torch.zeros(10, 4), "head.weight": torch.ones(10, 4)})
+    assert type(model.emb).__name__ == "HypernetizedEmbedding" and type(model.head).__name__ == "HypernetizedLinear"
+    plain = unhypernetize(model, {"emb.weight": torch.ones(10, 4), "head.weight": torch.ones(10, 4)})
+    assert plain.head.weight is plain.emb.weight and torch.equal(plain.emb.weight, torch.ones(10, 4))
 
 
 # -- 5f and 7: layer cases for empty and expanded batches ---------------------------------------------

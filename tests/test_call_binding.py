@@ -308,3 +308,79 @@ def test_the_hyper_model_class_is_named_for_its_base_and_pickles():
         assert torch.equal(
             copy(**inputs, task=torch.tensor([0, 2])).logits, hyper(**inputs, task=torch.tensor([0, 2])).logits
         )
+
+
+# -- the edges of a call: expanded inputs, generators, eval mode, generation configs ---------------------
+
+
+def test_conditioned_refuses_an_input_of_another_batch_size():
+    case = BY_NAME["llama"]
+    hyper = _hyper(case).eval()
+    with torch.no_grad(), hyper.conditioned(task=torch.tensor([0, 1])):
+        with pytest.raises(ValueError, match=r"given for a batch of 2, but the input has 4 rows; .* must be 2\."):
+            hyper.base_model(**case.inputs(4))
+
+
+def test_conditioned_refuses_to_train_through_reentrant_checkpointing():
+    case = BY_NAME["llama"]
+    hyper = _hyper(case).train()
+    hyper.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(RuntimeError, match=r"conditioned\(\.\.\.\) cannot train through reentrant"):
+        with hyper.conditioned(task=1):
+            pass
+    with torch.no_grad(), hyper.conditioned(task=1):  # inference through it is fine
+        hyper.base_model(**case.inputs(1))
+
+
+def test_a_generator_closed_inside_another_block_fails_loudly():
+    case = BY_NAME["llama"]
+    hyper = _hyper(case).eval()
+    inputs = case.inputs(1)
+
+    def stream():
+        with hyper.conditioned(task=3):
+            yield hyper.base_model(**inputs).logits
+
+    with torch.no_grad():
+        want_1 = hyper(**inputs, task=torch.tensor([1])).logits
+        steps = stream()
+        next(steps)
+        with hyper.conditioned(task=1):
+            with pytest.raises(RuntimeError, match="left out of order"):
+                steps.close()
+            assert torch.equal(hyper.base_model(**inputs).logits, want_1)  # the outer block still holds
+
+
+def test_eval_mode_with_reentrant_checkpointing_switched_on_keeps_the_plain_graph():
+    case = BY_NAME["llama"]
+    hyper = _hyper(case)
+    params = [p for p in hyper.parameters() if p.requires_grad]
+    inputs = case.inputs(2)
+
+    def grads():
+        loss = hyper(**inputs, labels=inputs["input_ids"], task=torch.tensor([0, 2])).loss
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    hyper.eval()
+    reference = grads()
+    hyper.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    hyper.eval()  # checkpointing is on but inactive in eval mode: autograd.grad must reach the generator
+    for got, want in zip(grads(), reference):
+        assert got is not None and torch.equal(got, want)
+
+
+def test_generate_with_a_generation_config_merged_over_the_model_default():
+    from transformers import GenerationConfig
+
+    case = BY_NAME["llama"]
+    hyper = _hyper(case).eval()
+    hyper.base_model.generation_config.num_beams = 2  # the model's default: Transformers merges it in
+    inputs = {k: v for k, v in case.inputs(2, seq=4).items()}
+    task = torch.tensor([0, 3])
+    config = GenerationConfig(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    batch = hyper.generate(**inputs, task=task, generation_config=config)
+    for i in range(2):
+        alone = hyper.generate(
+            **{k: v[i : i + 1] for k, v in inputs.items()}, task=task[i : i + 1], generation_config=config
+        )
+        assert torch.equal(batch[i : i + 1], alone)

@@ -213,5 +213,8 @@ def test_full_mode_refuses_to_untie_tied_weights():
     assert model.lm_head.weight is model.transformer.wte.weight
     with pytest.raises(ValueError, match=r"'lm_head.weight' is tied to \['transformer.wte.weight'\]"):
         get_hyper_model(model, HyperConfig(target_modules=["lm_head"], mode="full", conditions=TASKS))
+    # both sides selected: each would get its own generated tensor inside the call, so it is refused too
+    with pytest.raises(ValueError, match=r"'transformer.wte.weight' is tied to \['lm_head.weight'\]"):
+        get_hyper_model(model, HyperConfig(target_modules=["wte", "lm_head"], mode="full", conditions=TASKS))
     assert model.lm_head.weight is model.transformer.wte.weight  # untouched, trainable as before
     assert all(p.requires_grad for p in model.parameters())

@@ -56,10 +56,10 @@ def unbind_checkpointing(modules: Iterable[nn.Module]) -> None:
 
 
 def uses_reentrant_checkpointing(modules: list[nn.Module]) -> bool:
-    """True if a Transformers layer in `modules` has gradient checkpointing on with `use_reentrant` true (or
-    unspecified, torch's historical default)."""
+    """True if a Transformers layer in `modules` will checkpoint (checkpointing on, training mode) with
+    `use_reentrant` true (or unspecified, torch's historical default)."""
     for module in modules:
-        if getattr(module, "gradient_checkpointing", False) is True:
+        if getattr(module, "gradient_checkpointing", False) is True and module.training:
             func = getattr(module, "_gradient_checkpointing_func", None)
             if getattr(func, "keywords", {}).get("use_reentrant", True):
                 return True

@@ -83,19 +83,21 @@ def _full_mode_parameters(model: nn.Module, names: list[str], wanted: list[str] 
             f"target_parameters={wanted} matched no parameter of the selected modules "
             f"{names[:5]}; their parameters are e.g. {list(modules[names[0]]._parameters)}"
         )
-    owners: dict[int, list[str]] = {}  # full mode replaces parameters: a tied one must be replaced everywhere
+    # a parameter held by two modules (tied) would be generated once per module: untied
+    owners: dict[int, dict[int, str]] = {}  # id(param) -> {id(module): a name of it}
     for prefix, module in model.named_modules(remove_duplicate=False):
         for name, param in module._parameters.items():
             if param is not None:
-                owners.setdefault(id(param), []).append(f"{prefix}.{name}" if prefix else name)
-    selected = {f"{n}.{p}" for n, ps in chosen.items() for p in ps}
+                owners.setdefault(id(param), {}).setdefault(id(module), f"{prefix}.{name}" if prefix else name)
     for n, ps in chosen.items():
         for p in ps:
-            others = [o for o in owners[id(modules[n]._parameters[p])] if o not in selected]
-            if others:
+            held = owners[id(modules[n]._parameters[p])]
+            if len(held) > 1:
+                others = [o for m, o in held.items() if m != id(modules[n])]
                 raise ValueError(
-                    f"'{n}.{p}' is tied to {others} (the same tensor); mode='full' would generate one and leave the "
-                    "other, untying them. Target every tied module, or use mode='lora' (which keeps the weights)"
+                    f"'{n}.{p}' is tied to {others} (the same tensor); mode='full' would "
+                    "generate a separate tensor for each module, untying them. Leave tied parameters out of "
+                    "target_modules/target_parameters, or use mode='lora' (which keeps the weights)"
                 )
     return chosen
 
@@ -139,12 +141,11 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         names = config.matched_modules(model)
         saved = _modules_to_save(model, config.modules_to_save or [], names)
         forward_signature(type(model), tuple(config.conditions))  # condition names must not shadow arguments
-        if config.mode == "full":
-            _full_mode_parameters(model, names, config.target_parameters)
+        chosen = _full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
 
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
-        targets = self._hypernetize(model, names)
+        targets = self._hypernetize(model, names, chosen)
         self.base_model = model
         self._released = False
         self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
@@ -183,7 +184,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
     # -- construction -------------------------------------------------------------------------------
 
-    def _hypernetize(self, model: nn.Module, names: list[str]) -> list[GeneratorTarget]:
+    def _hypernetize(self, model: nn.Module, names: list[str], chosen: dict[str, list[str]]) -> list[GeneratorTarget]:
         config = self.hyper_config
         modules = dict(model.named_modules())
         if config.mode == "lora":
@@ -200,7 +201,6 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
                 GeneratorTarget(n, type_key(n), layer_index(n) or 0, dict(modules[n].external_shapes())) for n in names
             ]
         else:
-            chosen = _full_mode_parameters(model, names, config.target_parameters)
             params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
             _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False, unset="original")
             targets = []
@@ -335,10 +335,19 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
         Calls of the base model (or anything built around it) inside the block use these weights; nothing
         remains after it. `hyper(...)` and `hyper.generate(...)` generate their own from their arguments.
+        Inputs must have the conditions' batch size (use `hyper.generate` for beams); training through the
+        block works without checkpointing or with non-reentrant checkpointing (reentrant checkpointing
+        needs `hyper(...)`, which routes the generator's gradients around its nested backward passes).
         """
         self.require_loaded()
+        if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
+            raise RuntimeError(
+                "conditioned(...) cannot train through reentrant gradient checkpointing (its nested backward passes "
+                "would each walk into the generator); call hyper(...) instead, use "
+                "gradient_checkpointing_kwargs={'use_reentrant': False}, or wrap the block in torch.no_grad()"
+            )
         bind_checkpointing(self._checkpointable)
-        with bind(self._bind(batch_size, conditions, expand=None)):
+        with bind(self._bind(batch_size, conditions, expand=1)):
             yield
 
     def get_base_model(self) -> nn.Module:
@@ -379,11 +388,18 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
     def _generation_expansion(self, kwargs: Mapping[str, Any]) -> int:
         """How many rows `generate` makes of each example: max(num_beams, num_return_sequences), as Transformers
-        expands its inputs (a layout it changes is then refused loudly, never computed with the wrong rows)."""
-        config = kwargs.get("generation_config") or getattr(self.base_model, "generation_config", None)
-        beams = kwargs.get("num_beams") or getattr(config, "num_beams", None) or 1
-        sequences = kwargs.get("num_return_sequences") or getattr(config, "num_return_sequences", None) or 1
-        return max(int(beams), int(sequences))
+        expands its inputs (a layout it changes is then refused loudly, never computed with the wrong rows).
+
+        A keyword wins; otherwise Transformers merges a given `generation_config` over the model's own, so the
+        larger of the two counts."""
+        configs = [kwargs.get("generation_config"), getattr(self.base_model, "generation_config", None)]
+
+        def setting(name: str) -> int:
+            if kwargs.get(name) is not None:
+                return int(kwargs[name])
+            return max([int(getattr(c, name, None) or 1) for c in configs if c is not None] or [1])
+
+        return max(setting("num_beams"), setting("num_return_sequences"))
 
     # -- parameters ----------------------------------------------------------------------------------
 

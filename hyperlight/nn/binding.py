@@ -3,7 +3,15 @@
 A call (a hyper model's forward or generate, a `using_externals` block, one example inside the `vmap`
 fallback) binds `{module: BoundValues}` for its duration. Layers look their values up in the bindings
 of the call they run in, innermost first, so concurrent threads (each has its own context), nested calls
-and asyncio tasks never see each other's tensors, and nothing stays on the modules when the call returns.
+and asyncio tasks never see each other's tensors, and nothing is written on the modules.
+
+The bindings live in a `contextvars.ContextVar`, with the usual semantics: an asyncio task or
+`contextvars.copy_context().run` started inside a block keeps its bindings; a plain thread or executor
+thread starts with none. A generator that yields inside a block leaves the block's bindings visible to
+its caller until it resumes and closes the block (Python generators share their caller's context); a
+block exited out of order because of that raises instead of computing with the wrong values.
+Compiled code (`torch.compile`) cannot read a ContextVar, so the current chain is mirrored in a
+thread-local that dynamo can trace and guard on.
 
 Gradient checkpointing re-runs a layer's forward during backward, after the call returned and possibly on
 another thread (autograd's device threads on CUDA): `bound_to_now(fn)` returns `fn` bound to the bindings
@@ -14,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 
@@ -44,9 +54,12 @@ class Plan:
         else:
             fits = rows == batch * self.expand
         if not fits:
-            allowed = f"{batch}" + (
-                f" or {batch * self.expand}" if self.expand is not None else f" (or a multiple of {batch})"
-            )
+            if self.expand is None:
+                allowed = f"{batch} (or a multiple of {batch})"
+            elif self.expand == 1:
+                allowed = f"{batch}"
+            else:
+                allowed = f"{batch} or {batch * self.expand}"
             raise ValueError(
                 f"{what}: per-example weights were given for a batch of {batch}, but the input has {rows} rows; "
                 f"its first dimension must be {allowed}. Give one condition/value per example of the input, "
@@ -93,11 +106,30 @@ class _Scope:
 
 
 _CURRENT: ContextVar[_Scope | None] = ContextVar("hyperlight_bound_externals", default=None)
+_MIRROR = threading.local()  # the same chain, for code that torch.compile traces (dynamo cannot call ContextVar.get)
+
+
+def _enter(scope: _Scope | None) -> tuple[Any, _Scope | None]:
+    previous = getattr(_MIRROR, "scope", None)
+    token = _CURRENT.set(scope)
+    _MIRROR.scope = scope
+    return token, previous
+
+
+def _leave(entered: _Scope | None, token: Any, previous: _Scope | None) -> None:
+    if _CURRENT.get() is not entered:
+        raise RuntimeError(
+            "externals bound by a block were left out of order: a `using_externals`/`conditioned` block ended while "
+            "a block opened after it was still open. This happens when a generator yields inside such a block and "
+            "is closed elsewhere; keep the block around the generator's whole use, or outside the generator"
+        )
+    _CURRENT.reset(token)
+    _MIRROR.scope = previous
 
 
 def bound_values(module: nn.Module) -> BoundValues | None:
     """What `module` reads in the current call (innermost binding first), or None if no call binds it."""
-    scope = _CURRENT.get()
+    scope = getattr(_MIRROR, "scope", None) if torch.compiler.is_compiling() else _CURRENT.get()
     while scope is not None:
         entry = scope.entries.get(module)
         if entry is not None:
@@ -109,11 +141,12 @@ def bound_values(module: nn.Module) -> BoundValues | None:
 @contextmanager
 def bind(entries: Mapping[nn.Module, BoundValues]) -> Iterator[None]:
     """Bind `entries` for the calls made inside the block (in this context only), over the enclosing ones."""
-    token = _CURRENT.set(_Scope(entries, _CURRENT.get()))
+    scope = _Scope(entries, _CURRENT.get())
+    token, previous = _enter(scope)
     try:
         yield
     finally:
-        _CURRENT.reset(token)
+        _leave(scope, token, previous)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -134,11 +167,11 @@ def bound_to_now(fn: F, beneath: Mapping[nn.Module, BoundValues] | None = None) 
         scope = _Scope(flat, None)
 
     def run_bound(*args: Any, **kwargs: Any) -> Any:
-        token = _CURRENT.set(scope)
+        token, previous = _enter(scope)
         try:
             return fn(*args, **kwargs)
         finally:
-            _CURRENT.reset(token)
+            _leave(scope, token, previous)
 
     run_bound.__wrapped__ = fn  # type: ignore[attr-defined]
     return run_bound  # type: ignore[return-value]
