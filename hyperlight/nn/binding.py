@@ -20,9 +20,9 @@ of the moment it was made, so the recompute reads the weights of the forward it 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
