@@ -106,17 +106,19 @@ class _Scope:
 
 
 _CURRENT: ContextVar[_Scope | None] = ContextVar("hyperlight_bound_externals", default=None)
-_MIRROR = threading.local()  # the same chain, for code that torch.compile traces (dynamo cannot call ContextVar.get)
+# The same chain for code that torch.compile traces (dynamo cannot call ContextVar.get). It is set from the
+# context at every enter and leave, so it is exact for the synchronous span of a call; compiled code run in an
+# asyncio task that awaited inside a block (another task may have run since) should bind its own values.
+_MIRROR = threading.local()
 
 
-def _enter(scope: _Scope | None) -> tuple[Any, _Scope | None]:
-    previous = getattr(_MIRROR, "scope", None)
+def _enter(scope: _Scope | None) -> Any:
     token = _CURRENT.set(scope)
     _MIRROR.scope = scope
-    return token, previous
+    return token
 
 
-def _leave(entered: _Scope | None, token: Any, previous: _Scope | None) -> None:
+def _leave(entered: _Scope | None, token: Any) -> None:
     if _CURRENT.get() is not entered:
         raise RuntimeError(
             "externals bound by a block were left out of order: a `using_externals`/`conditioned` block ended while "
@@ -124,7 +126,7 @@ def _leave(entered: _Scope | None, token: Any, previous: _Scope | None) -> None:
             "is closed elsewhere; keep the block around the generator's whole use, or outside the generator"
         )
     _CURRENT.reset(token)
-    _MIRROR.scope = previous
+    _MIRROR.scope = _CURRENT.get()
 
 
 def bound_values(module: nn.Module) -> BoundValues | None:
@@ -142,11 +144,11 @@ def bound_values(module: nn.Module) -> BoundValues | None:
 def bind(entries: Mapping[nn.Module, BoundValues]) -> Iterator[None]:
     """Bind `entries` for the calls made inside the block (in this context only), over the enclosing ones."""
     scope = _Scope(entries, _CURRENT.get())
-    token, previous = _enter(scope)
+    token = _enter(scope)
     try:
         yield
     finally:
-        _leave(scope, token, previous)
+        _leave(scope, token)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -167,11 +169,11 @@ def bound_to_now(fn: F, beneath: Mapping[nn.Module, BoundValues] | None = None) 
         scope = _Scope(flat, None)
 
     def run_bound(*args: Any, **kwargs: Any) -> Any:
-        token, previous = _enter(scope)
+        token = _enter(scope)
         try:
             return fn(*args, **kwargs)
         finally:
-            _leave(scope, token, previous)
+            _leave(scope, token)
 
     run_bound.__wrapped__ = fn  # type: ignore[attr-defined]
     return run_bound  # type: ignore[return-value]
