@@ -3,7 +3,10 @@ and embedded into one vector per example."""
 
 from __future__ import annotations
 
+import keyword
 import math
+import numbers
+import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,6 +17,41 @@ from torch import Tensor, nn
 from .encoding import encode
 
 CONDITION_TYPES = ("categorical", "vector", "scalar")
+_EXAMPLE = "{'task': {'type': 'categorical', 'num': 8}}"
+# the embedders live in an nn.ModuleDict keyed by condition name: its attributes cannot be keys
+_RESERVED_NAMES = frozenset(dir(nn.ModuleDict()))
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def check_condition_name(name: Any) -> str:
+    """Raise unless `name` can name a condition: a keyword argument of forward/generate and a module key."""
+    if not isinstance(name, str):
+        raise TypeError(f"condition names must be str, got {name!r} ({type(name).__name__}); e.g. {_EXAMPLE}")
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(
+            f"condition name {name!r} is not a Python identifier (conditions are passed as keyword arguments, "
+            "e.g. hyper(input_ids=..., task=...)); use letters, digits and '_', not starting with a digit, "
+            "and not a Python keyword"
+        )
+    if name.startswith("_"):
+        raise ValueError(
+            f"condition name {name!r} starts with '_', which is reserved for internals; rename it without the "
+            "leading '_'"
+        )
+    if name in _RESERVED_NAMES:
+        raise ValueError(
+            f"condition name {name!r} is reserved: it is an attribute of torch.nn.ModuleDict, which holds the "
+            f"condition embedders by name; rename the condition (e.g. '{name}_id')"
+        )
+    return name
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -28,30 +66,38 @@ class ConditionSpec:
 
     @classmethod
     def parse(cls, name: str, spec: Mapping[str, Any] | ConditionSpec) -> ConditionSpec:
+        check_condition_name(name)
         if isinstance(spec, ConditionSpec):
             spec = asdict(spec)
         if not isinstance(spec, Mapping):
             raise TypeError(
-                f"condition '{name}' must be a dict like {{'type': 'categorical', 'num': 8}}, got {spec!r}"
+                f"condition '{name}' must be a dict like {{'type': 'categorical', 'num': 8}}, "
+                f"{{'type': 'vector', 'dim': 16}} or {{'type': 'scalar', 'range': [0.0, 1.0]}}, got {spec!r}"
             )
         fields = {"type", "num", "dim", "range"}
-        extra = sorted(set(spec) - fields)
+        extra = sorted(set(spec) - fields, key=repr)
         if extra:
             raise ValueError(f"condition '{name}' has unknown fields {extra}; allowed are {sorted(fields)}")
         kind = spec.get("type")
-        if kind not in CONDITION_TYPES:
-            raise ValueError(f"condition '{name}' must have type in {list(CONDITION_TYPES)}, got {kind!r}")
+        if not isinstance(kind, str) or kind not in CONDITION_TYPES:
+            raise ValueError(
+                f"condition '{name}' must have type in {list(CONDITION_TYPES)}, got {kind!r}; "
+                "e.g. {'type': 'categorical', 'num': 8}"
+            )
         num, dim, rng = spec.get("num"), spec.get("dim"), spec.get("range")
 
         def positive(value: Any, field: str) -> int:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"condition '{name}' ({kind}) needs a positive int '{field}', got {value!r}")
-            return value
+            if not _is_int(value) or value <= 0:
+                raise ValueError(
+                    f"condition '{name}' ({kind}) needs a positive int '{field}', got {value!r}; "
+                    f"e.g. {{'type': '{kind}', '{field}': 8}}"
+                )
+            return int(value)
 
         def unused(*names: str) -> None:
             for f in names:
                 if spec.get(f) is not None:
-                    raise ValueError(f"condition '{name}' ({kind}) does not take '{f}'")
+                    raise ValueError(f"condition '{name}' ({kind}) does not take '{f}'; remove it")
 
         if kind == "categorical":
             unused("dim", "range")
@@ -60,13 +106,38 @@ class ConditionSpec:
             unused("num", "range")
             return cls(kind, dim=positive(dim, "dim"))
         unused("num", "dim")
-        lo, hi = (0.0, 1.0) if rng is None else tuple(rng)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"condition '{name}' (scalar) needs range (low, high) with low < high, got {rng!r}")
-        return cls(kind, range=(float(lo), float(hi)))
+        return cls(kind, range=_scalar_range(name, rng))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+
+
+def _scalar_range(name: str, rng: Any) -> tuple[float, float]:
+    """A scalar condition's `[low, high]`, checked: two finite numbers (in float32, the values' dtype), low < high."""
+    if rng is None:
+        return (0.0, 1.0)
+    pair = list(rng) if isinstance(rng, (list, tuple)) else None
+    if pair is None or len(pair) != 2 or not all(_is_real(v) for v in pair):
+        raise ValueError(
+            f"condition '{name}' (scalar) needs range [low, high] (two numbers, e.g. [0.0, 1.0]), got {rng!r}"
+        )
+    lo, hi = float(pair[0]), float(pair[1])
+    if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in (lo, hi)):
+        raise ValueError(
+            f"condition '{name}' (scalar) needs a finite range [low, high] (within float32, ±{_FLOAT32_MAX:.3g}), "
+            f"got {rng!r}"
+        )
+    if not _float32(lo) < _float32(hi):
+        raise ValueError(
+            f"condition '{name}' (scalar) needs range [low, high] with low < high (also in float32), got {rng!r}; "
+            "e.g. [0.0, 1.0]"
+        )
+    return (lo, hi)
+
+
+def _float32(value: float) -> float:
+    """`value` rounded to float32 (the dtype condition values are checked in), as a Python float."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 class ConditionEncoder(nn.Module):
@@ -79,8 +150,13 @@ class ConditionEncoder(nn.Module):
 
     def __init__(self, conditions: Mapping[str, Mapping[str, Any] | ConditionSpec], embedding_dim: int) -> None:
         super().__init__()
+        if not isinstance(conditions, Mapping):
+            raise TypeError(f"conditions must be a dict of {{name: spec}}, e.g. {_EXAMPLE}, got {conditions!r}")
         if not conditions:
             raise ValueError("at least one condition is needed, e.g. {'task': {'type': 'categorical', 'num': 4}}")
+        if not _is_int(embedding_dim) or embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be a positive int, got {embedding_dim!r}")
+        embedding_dim = int(embedding_dim)
         self.specs = {name: ConditionSpec.parse(name, spec) for name, spec in conditions.items()}
         self.embedding_dim = embedding_dim
         self.embedders = nn.ModuleDict()
@@ -99,6 +175,8 @@ class ConditionEncoder(nn.Module):
 
     def check(self, values: Mapping[str, Any], batch_size: int | None = None) -> dict[str, Tensor]:
         """Validate `values` (one per example, or one for the whole batch) and return them as `(B, ...)` tensors."""
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 0):
+            raise ValueError(f"batch_size must be None or a non-negative int, got {batch_size!r}")
         missing = [n for n in self.specs if n not in values]
         extra = [n for n in values if n not in self.specs]
         if missing or extra:
@@ -130,10 +208,13 @@ class ConditionEncoder(nn.Module):
 
     @staticmethod
     def _check_one(name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:
-        t = torch.as_tensor(value, device=device)
+        t = _as_tensor(name, spec, value, device)
         if spec.type == "categorical":
             if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-                raise TypeError(f"condition '{name}' is categorical: expected integer ids, got dtype {t.dtype}")
+                raise TypeError(
+                    f"condition '{name}' is categorical: expected integer ids, got dtype {t.dtype}; "
+                    "give ids as ints, e.g. torch.tensor([0, 3])"
+                )
             if t.dim() > 1:
                 raise ValueError(
                     f"condition '{name}' is categorical: expected shape (B,) of ids, got {tuple(t.shape)}"
@@ -144,8 +225,9 @@ class ConditionEncoder(nn.Module):
                     f"condition '{name}' out of range: expected ids in [0, {spec.num}), got {t.tolist()[:16]}"
                 )
             return t
-        if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-            raise TypeError(f"condition '{name}' is {spec.type}: expected a float tensor, got dtype {t.dtype}")
+        if t.is_complex() or t.dtype == torch.bool:
+            kind = "a scalar" if spec.type == "scalar" else f"a vector of dim {spec.dim}"
+            raise TypeError(f"condition '{name}' is {kind}: expected real numbers (a float tensor), got {t.dtype}")
         t = t.float()
         if spec.type == "vector":
             if t.dim() == 1:
@@ -162,10 +244,11 @@ class ConditionEncoder(nn.Module):
             raise ValueError(f"condition '{name}' is a scalar: expected shape (B,) or (), got {tuple(t.shape)}")
         t = t.reshape(-1)
         lo, hi = spec.range
+        # inclusive at both ends for values that round-trip through float32 (the dtype they are checked in)
         if (
             t.numel()
             and not torch.compiler.is_compiling()
-            and (not torch.isfinite(t).all() or float(t.min()) < lo or float(t.max()) > hi)
+            and (not torch.isfinite(t).all() or float(t.min()) < _float32(lo) or float(t.max()) > _float32(hi))
         ):
             raise ValueError(
                 f"condition '{name}' out of range: expected values in [{lo}, {hi}], got {t.tolist()[:16]}"
@@ -187,3 +270,32 @@ class ConditionEncoder(nn.Module):
                 unit = ((value - lo) / (hi - lo)).unsqueeze(-1).to(embedder.weight.dtype)  # (B, 1) in [0, 1]
                 parts.append(embedder(encode(unit, "cos|sin")))
         return torch.cat(parts, dim=-1)
+
+
+def _as_tensor(name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:
+    """`value` as a tensor on `device`, or a TypeError naming the condition and what it takes."""
+    what = {
+        "categorical": f"condition '{name}' is categorical: expected integer ids (a tensor, list or int)",
+        "vector": f"condition '{name}' is a vector of dim {spec.dim}: expected numbers (a float tensor or list "
+        f"of shape (B, {spec.dim}) or ({spec.dim},))",
+        "scalar": f"condition '{name}' is a scalar: expected numbers (a float tensor, list or float)",
+    }[spec.type]
+    if isinstance(value, Tensor):
+        if value.device.type == "meta":
+            raise ValueError(
+                f"condition '{name}' is on device meta and the model on {device}; a meta tensor holds no values: "
+                f"give real values on the model's device (create them there, or move them with .to('{device}'))"
+            )
+        return value.to(device)
+    if value is None or isinstance(value, (str, bytes, bytearray, Mapping)):
+        raise TypeError(f"{what}, got {_describe(value)}")
+    try:
+        return torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise TypeError(f"{what}, got {_describe(value)} ({err})") from None
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return "None" if value is None else f"{type(value).__name__} {text}"

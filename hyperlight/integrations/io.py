@@ -1,11 +1,27 @@
-"""Checkpoint files: `hyper_config.json` + `hyper_model.safetensors`. No pickle; every write is atomic."""
+"""Checkpoint files: `hyper_config.json` + `hyper_model.safetensors`. No pickle; nothing in a file runs code.
+
+- **One unit.** The weights file carries its own copy of the config and a SHA-256 digest of its tensors in
+  its safetensors metadata, and is renamed into place first; `hyper_config.json` (the readable copy)
+  records the digest of the weights it belongs to and is renamed second. Killed between the two renames,
+  the directory still loads as exactly the new checkpoint (the weights file's own config wins); killed
+  before, as exactly the old one.
+- **Atomic writes.** Each file is written to a temporary name beside it, flushed to disk and renamed; the
+  temporary files of a killed save are removed by the next save. Files get the permissions an ordinary
+  `open()` gives (0666 less the umask), as Transformers' files do.
+- **Verified, bounded reads.** The header (names, dtypes, shapes, metadata) is read and checked before any
+  tensor is allocated; the digest and finiteness of every tensor are checked after. Every error names the
+  file.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +32,110 @@ WEIGHTS_NAME = "hyper_model.safetensors"
 CONFIG_NAME = "hyper_config.json"
 TRAINER_WEIGHTS_NAME = "model.safetensors"  # what transformers.Trainer writes for a non-PreTrainedModel
 CONFIG_KEY = "hyper_config"  # the config travels inside state_dict() as a uint8 tensor of JSON
+DIGEST_KEY = "hyperlight_sha256"  # safetensors metadata: digest of the tensors; also in hyper_config.json
+MAX_CONFIG_BYTES = 1 << 20  # a config larger than this is not one hyperlight wrote
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, inconsistent, or not one hyperlight wrote; the message names it."""
 
 
 def config_to_tensor(record: dict[str, Any]) -> Tensor:
     return torch.tensor(list(json.dumps(record, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
 
 
-def config_from_tensor(tensor: Tensor) -> dict[str, Any]:
-    return json.loads(bytes(tensor.to(torch.uint8).tolist()).decode("utf-8"))
+def config_from_tensor(tensor: Tensor, *, where: str = "<state_dict>") -> dict[str, Any]:
+    if tensor.dtype != torch.uint8 or tensor.dim() != 1 or tensor.numel() > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{where}: '{CONFIG_KEY}' must be a 1-D uint8 tensor of JSON (≤ 1 MiB)")
+    return parse_record(bytes(tensor.tolist()).decode("utf-8", errors="replace"), where)
 
 
-def read_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(config record, hyper weights) from a save_pretrained directory or a Trainer checkpoint."""
-    if (directory / CONFIG_NAME).is_file():
-        with open(directory / CONFIG_NAME, encoding="utf-8") as f:
-            record = json.load(f)
-        return record, load_tensors(directory / WEIGHTS_NAME)
-    if (directory / TRAINER_WEIGHTS_NAME).is_file():
-        state = load_tensors(directory / TRAINER_WEIGHTS_NAME)
-        if CONFIG_KEY in state:
-            return config_from_tensor(state.pop(CONFIG_KEY)), state
-    raise FileNotFoundError(
-        f"no hyper model in {directory}: expected {CONFIG_NAME} + {WEIGHTS_NAME} (save_pretrained) or a Trainer "
-        f"checkpoint whose {TRAINER_WEIGHTS_NAME} holds a hyper model's state_dict"
-    )
+def parse_record(text: str, where: str) -> dict[str, Any]:
+    """A config record from JSON text: a dict, or a CheckpointError naming `where`."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{where} is not valid JSON ({error}); the checkpoint is damaged") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"{where} must hold a JSON object (the HyperConfig fields and a 'hyperlight' block), "
+            f"got a {type(record).__name__}"
+        )
+    provenance = record.get("hyperlight", {})
+    if not isinstance(provenance, dict):
+        raise CheckpointError(
+            f"{where}: 'hyperlight' must be an object (what the model was trained on), got {provenance!r:.80}"
+        )
+    targets = provenance.get("targets", {})
+    if not isinstance(targets, dict) or not all(
+        isinstance(n, str) and isinstance(s, dict) and all(_is_shape(v) for v in s.values())
+        for n, s in targets.items()
+    ):
+        raise CheckpointError(f"{where}: 'hyperlight.targets' must map module names to {{external: shape}}")
+    return record
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+
+
+def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Remove the temporary files that killed saves left in `directory` (those of processes no longer alive)."""
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match is None or match["name"] not in (WEIGHTS_NAME, CONFIG_NAME):
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and _alive(pid):
+            continue  # another process is saving right now
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through `write(tmp_path)` to a temporary file beside `path`, then rename it into place, so an
-    interrupted save leaves the previous file intact."""
+    """Write through `write(tmp_path)` to a temporary file beside `path`, flush it to disk, then rename it into
+    place, so an interrupted save leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,19 +145,25 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def _sync_directory(directory: Path) -> None:
+    """Make the renames themselves durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata or {"format": "pt"}))
-
-
-def load_tensors(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path.name} in {path.parent}: is this a directory written by save_pretrained?")
-    return load_file(str(path))
 
 
 def save_json(path: Path, data: dict[str, Any]) -> None:
@@ -81,3 +173,116 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
             f.write("\n")
 
     atomic_write(path, write)
+
+
+def save_checkpoint(directory: Path, tensors: dict[str, Tensor], record: dict[str, Any], version: str) -> None:
+    """Write one consistent checkpoint: the weights (with their config and digest), then the readable config."""
+    remove_stale_temporaries(directory)
+    digest = tensors_digest(tensors)
+    metadata = {
+        "format": "pt",
+        "hyperlight": version,
+        CONFIG_KEY: json.dumps(record, sort_keys=True),
+        DIGEST_KEY: digest,
+    }
+    save_tensors(directory / WEIGHTS_NAME, tensors, metadata)
+    save_json(directory / CONFIG_NAME, {**record, DIGEST_KEY: digest})
+    _sync_directory(directory)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+
+class CheckpointHeader:
+    """What a weights file declares, read without allocating its tensors: names, shapes, dtypes, metadata."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        if not path.is_file():
+            raise CheckpointError(f"no {path.name} in {path.parent}: is this a directory written by save_pretrained?")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                self.metadata: dict[str, str] = dict(f.metadata() or {})
+                self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                self.dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
+        except Exception as error:  # safetensors raises its own error types for truncated or garbled files
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({error}); the checkpoint is damaged"
+            ) from None
+
+    def load(self) -> dict[str, Tensor]:
+        """Every tensor, verified against the recorded digest (when there is one) and checked to be finite."""
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(self.path))
+        except Exception as error:
+            raise CheckpointError(f"{self.path} could not be read ({error}); the checkpoint is damaged") from None
+        recorded = self.metadata.get(DIGEST_KEY)
+        if recorded is not None and tensors_digest(tensors) != recorded:
+            raise CheckpointError(
+                f"{self.path} does not match the digest recorded when it was saved: its content was changed or "
+                "corrupted. Restore it from a copy, or save the model again"
+            )
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"{self.path}: tensor '{name}' holds NaN or infinite values; refusing to load it"
+                )
+        return tensors
+
+
+def read_checkpoint(directory: Path) -> tuple[dict[str, Any], CheckpointHeader, str]:
+    """(config record, weights header, where the record came from) of a save_pretrained directory or a Trainer
+    checkpoint; nothing is allocated yet (`header.load()` reads the tensors)."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; give the directory save_pretrained wrote")
+    if (directory / WEIGHTS_NAME).is_file() or (directory / CONFIG_NAME).is_file():
+        header = CheckpointHeader(directory / WEIGHTS_NAME)
+        embedded = header.metadata.get(CONFIG_KEY)
+        if embedded is not None:  # the weights file's own config: always the one saved with these weights
+            if len(embedded) > MAX_CONFIG_BYTES:
+                raise CheckpointError(f"{header.path}: its embedded config is larger than 1 MiB")
+            _warn_if_stale(directory / CONFIG_NAME, header.metadata.get(DIGEST_KEY))
+            return parse_record(embedded, f"the config inside {header.path}"), header, str(header.path)
+        return _read_json(directory / CONFIG_NAME), header, str(directory / CONFIG_NAME)  # written before digests
+    if (directory / TRAINER_WEIGHTS_NAME).is_file():
+        header = CheckpointHeader(directory / TRAINER_WEIGHTS_NAME)
+        if CONFIG_KEY in header.shapes:
+            shape = header.shapes[CONFIG_KEY]
+            if len(shape) != 1 or shape[0] > MAX_CONFIG_BYTES or header.dtypes[CONFIG_KEY] != "U8":
+                raise CheckpointError(f"{header.path}: '{CONFIG_KEY}' must be a 1-D uint8 tensor of JSON (≤ 1 MiB)")
+            from safetensors import safe_open
+
+            with safe_open(str(header.path), framework="pt") as f:
+                record = config_from_tensor(f.get_tensor(CONFIG_KEY), where=f"'{CONFIG_KEY}' in {header.path}")
+            return record, header, str(header.path)
+    raise CheckpointError(
+        f"no hyper model in {directory}: expected {CONFIG_NAME} + {WEIGHTS_NAME} (save_pretrained) or a Trainer "
+        f"checkpoint whose {TRAINER_WEIGHTS_NAME} holds a hyper model's state_dict"
+    )
+
+
+def _warn_if_stale(path: Path, digest: str | None) -> None:
+    """The readable config should name the weights it was saved with; say so when it does not."""
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get(DIGEST_KEY) if path.is_file() else digest
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != digest:
+        warnings.warn(
+            f"{path} is from another save than {WEIGHTS_NAME} beside it (a save interrupted between its two files, "
+            f"or an edited file); loading the config saved inside {WEIGHTS_NAME}. Save again to make them agree",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"no {path.name} in {path.parent}: is this a directory written by save_pretrained?")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path} is larger than 1 MiB; it is not a config hyperlight wrote")
+    return parse_record(path.read_text(encoding="utf-8", errors="replace"), str(path))

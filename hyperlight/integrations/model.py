@@ -24,6 +24,7 @@ from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGen
 from ..hypernetize import hypernetize, original_value
 from ..nn.binding import BoundValues, Plan, bind
 from ..nn.derived import reduce_derived
+from ..nn.hypernetized import linear_like
 from ..nn.module import HyperModule
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
@@ -114,6 +115,83 @@ def _modules_to_save(model: nn.Module, wanted: list[str], targets: list[str]) ->
     return found
 
 
+def plan_targets(
+    model: nn.Module,
+    config: HyperConfig,
+    names: list[str],
+    chosen: Mapping[str, list[str]],
+    *,
+    values: Mapping[str, Tensor] | None = None,
+) -> list[GeneratorTarget]:
+    """What the generator predicts for each selected module, computed from the model without changing it.
+
+    Full mode's pretrained values come from `values` (what `hypernetize` kept); without them, meta tensors of
+    the parameters' shapes stand in (enough to know sizes)."""
+    modules = dict(model.named_modules())
+    targets = []
+    if config.mode == "lora":
+        for n in names:
+            spec = linear_like(modules[n])
+            fan_in, fan_out = spec.in_features(modules[n]), spec.out_features(modules[n])
+            shapes = {"lora_A": (config.rank, fan_in), "lora_B": (fan_out, config.rank)}
+            targets.append(GeneratorTarget(n, type_key(n), layer_index(n) or 0, shapes))
+    else:
+        for n, ps in chosen.items():
+            if values is not None:
+                base = {p: values[f"{n}.{p}"] for p in ps}
+            else:
+                base = {p: torch.empty(modules[n]._parameters[p].shape, device="meta") for p in ps}
+            shapes = {p: tuple(v.shape) for p, v in base.items()}
+            targets.append(GeneratorTarget(n, type_key(n), layer_index(n) or 0, shapes, base))
+    # modules that share a name pattern but not shapes (rare) get their own head
+    by_key: dict[str, set] = {}
+    for t in targets:
+        by_key.setdefault(t.type_key, set()).add(tuple(sorted(t.shapes.items())))
+    for t in targets:
+        if len(by_key[t.type_key]) > 1:
+            t.type_key = f"{t.type_key}|{sorted(t.shapes.items())}"
+    return targets
+
+
+def build_generator(
+    config: HyperConfig, targets: list[GeneratorTarget], device: torch.device | str
+) -> tuple[ConditionEncoder, nn.Module]:
+    """The condition encoder and generator a config describes for `targets` (on the meta device: sizes only)."""
+    with torch.device(device):
+        encoder = ConditionEncoder(config.conditions, config.condition_dim)
+        if config.generator == "shared":
+            generator: nn.Module = SharedGenerator(
+                targets,
+                encoder.out_features,
+                hidden_size=config.hidden_size,
+                num_layers=config.num_layers,
+                layer_embedding_dim=config.layer_embedding_dim,
+                type_embedding_dim=config.type_embedding_dim,
+                dropout=config.hypernet_dropout,
+            )
+        else:
+            generator = PerTargetGenerator(targets, encoder.out_features, hidden_size=config.hidden_size)
+    return encoder, generator
+
+
+def target_shapes_of(model: nn.Module, config: HyperConfig, names: list[str]) -> dict[str, dict[str, list[int]]]:
+    """`{target: {external: shape}}` that `config` gives the modules `names` of `model` (nothing changes)."""
+    chosen = _full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
+    return {t.name: {k: list(v) for k, v in t.shapes.items()} for t in plan_targets(model, config, names, chosen)}
+
+
+def expected_state_shapes(model: nn.Module, config: HyperConfig, names: list[str]) -> dict[str, tuple[int, ...]]:
+    """`{key: shape}` of the `hyper_state_dict()` that `config` gives on `model` with these targets, computed on
+    the meta device without changing the model: what a checkpoint's tensors must be before any is allocated."""
+    chosen = _full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
+    encoder, generator = build_generator(config, plan_targets(model, config, names, chosen), "meta")
+    shapes = {f"condition_encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
+    shapes |= {f"generator.{k}": tuple(v.shape) for k, v in generator.state_dict().items()}
+    for name, module in _modules_to_save(model, config.modules_to_save or [], names).items():
+        shapes |= {f"base_model.{name}.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
+    return shapes
+
+
 class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     """A base model + a generator that predicts its target weights from conditions, per example.
 
@@ -159,21 +237,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         self._base_keywords = _accepted_keywords(model.forward)
 
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with torch.device(device):
-            self.condition_encoder = ConditionEncoder(config.conditions, config.condition_dim)
-            dim = self.condition_encoder.out_features
-            if config.generator == "shared":
-                self.generator: nn.Module = SharedGenerator(
-                    targets,
-                    dim,
-                    hidden_size=config.hidden_size,
-                    num_layers=config.num_layers,
-                    layer_embedding_dim=config.layer_embedding_dim,
-                    type_embedding_dim=config.type_embedding_dim,
-                    dropout=config.hypernet_dropout,
-                )
-            else:
-                self.generator = PerTargetGenerator(targets, dim, hidden_size=config.hidden_size)
+        self.condition_encoder, self.generator = build_generator(config, targets, device)
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
@@ -197,25 +261,10 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
                 convert_root=False,
                 unset="original",
             )
-            targets = [
-                GeneratorTarget(n, type_key(n), layer_index(n) or 0, dict(modules[n].external_shapes())) for n in names
-            ]
-        else:
-            params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
-            _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False, unset="original")
-            targets = []
-            for n, ps in chosen.items():
-                base = {p: values[f"{n}.{p}"] for p in ps}
-                shapes = {p: tuple(v.shape) for p, v in base.items()}
-                targets.append(GeneratorTarget(n, type_key(n), layer_index(n) or 0, shapes, base))
-        # modules that share a name pattern but not shapes (rare) get their own head
-        by_key: dict[str, set] = {}
-        for t in targets:
-            by_key.setdefault(t.type_key, set()).add(tuple(sorted(t.shapes.items())))
-        for t in targets:
-            if len(by_key[t.type_key]) > 1:
-                t.type_key = f"{t.type_key}|{sorted(t.shapes.items())}"
-        return targets
+            return plan_targets(model, config, names, chosen)
+        params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
+        _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False, unset="original")
+        return plan_targets(model, config, names, chosen, values=values)
 
     # -- the model's surface ----------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ as `save_pretrained` files or as `state_dict()` (so a plain `Trainer` checkpoint
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,15 +14,15 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from .._version import __version__
-from .config import CONFIG_NAME, HyperConfig
+from .config import HyperConfig
 from .io import (
     CONFIG_KEY,
-    WEIGHTS_NAME,
+    CheckpointError,
+    CheckpointHeader,
     config_from_tensor,
     config_to_tensor,
     read_checkpoint,
-    save_json,
-    save_tensors,
+    save_checkpoint,
 )
 
 if TYPE_CHECKING:
@@ -69,8 +70,7 @@ class HyperModelPersistence:
         state = {k: _full_tensor(v) for k, v in self.hyper_state_dict().items()}
         if not is_main_process:
             return
-        save_tensors(directory / WEIGHTS_NAME, state, {"format": "pt", "hyperlight": __version__})
-        save_json(directory / CONFIG_NAME, self._config_record())
+        save_checkpoint(directory, state, self._config_record(), __version__)
 
     def _config_record(self: HyperModel) -> dict[str, Any]:
         return {**self.hyper_config.to_dict(), "hyperlight": self.fingerprint()}
@@ -80,19 +80,44 @@ class HyperModelPersistence:
         """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory or a
         `Trainer` checkpoint directory (whose `model.safetensors` holds the hyper weights and config).
 
-        Fails with a clear error if `model` is not the architecture (targets and shapes) it was trained on.
-        With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
+        The checkpoint is checked before anything is built or allocated: its config is validated, its recorded
+        targets must be this model's modules with these shapes, and the tensor shapes the config implies must be
+        the file's. The targets are selected by the exact names the checkpoint recorded (the config's pattern
+        must select the same, evaluated with a time bound). The tensors are then verified against the digest
+        recorded at save and must be finite. Any failure raises naming the file and leaves `model` exactly as it
+        was. With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
         """
+        from .model import expected_state_shapes
+
         directory = Path(path)
-        saved, state = read_checkpoint(directory)
-        provenance = saved.pop("hyperlight", {})
-        hyper = cls(model, HyperConfig.from_dict(saved))
+        record, header, where = read_checkpoint(directory)
+        provenance = record.pop("hyperlight", {})
         try:
+            config = HyperConfig.from_dict(record)
+        except (TypeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{where}: {error}") from None
+        recorded_names = set(provenance.get("targets", {}))
+        recorded = [n for n, _ in model.named_modules() if n in recorded_names]  # in model order
+        if recorded_names:
+            _check_recorded_targets(model, config, provenance, where, directory)
+            build_config = dataclasses.replace(
+                config, target_modules=recorded, exclude_modules=None, layers_to_transform=None
+            )
+        else:  # a checkpoint from before targets were recorded: select as the config says
+            build_config = config
+            recorded = config.matched_modules(model)
+        _check_header(header, expected_state_shapes(model, build_config, recorded))
+
+        hyper = cls(model, build_config)
+        try:
+            hyper.hyper_config = config
             hyper.check_provenance(provenance, directory)
-        except ValueError:
-            hyper.unload()
+            state = header.load()
+            state.pop(CONFIG_KEY, None)
+            hyper._load_hyper_state(state)
+        except BaseException:
+            hyper.unload()  # the given model goes back exactly as it was
             raise
-        hyper._load_hyper_state(state)
         if not is_trainable:
             hyper.requires_grad_(False)
             hyper.eval()
@@ -100,24 +125,7 @@ class HyperModelPersistence:
 
     def check_provenance(self: HyperModel, provenance: Mapping[str, Any], directory: Path) -> None:
         """Raise if a checkpoint's recorded model (type, targets, shapes) is not this one."""
-        saved_type, model_type = provenance.get("model_type"), self.fingerprint()["model_type"]
-        where = f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')}"
-        if saved_type != model_type:
-            raise ValueError(
-                f"{where} (model_type {saved_type!r}), not on a {type(self.base_model).__name__} "
-                f"(model_type {model_type!r}); load it onto the base model it was trained with"
-            )
-        expected, actual = provenance.get("targets"), self.target_shapes
-        if expected is not None and expected != actual:
-            missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
-            differ = [n for n in expected if n in actual and expected[n] != actual[n]]
-            detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
-            if differ:
-                detail += f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {actual[differ[0]]})"
-            raise ValueError(
-                f"{where} ({saved_type}) whose targets do not match this {type(self.base_model).__name__}: "
-                f"{detail}. Load it onto the base model it was trained with"
-            )
+        _check_provenance(provenance, self.base_model, self.target_shapes, directory)
 
     # -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------
 
@@ -167,3 +175,89 @@ class HyperModelPersistence:
                 if key in own:
                     own[key].copy_(value)
         return _IncompatibleKeys(missing, extra)
+
+
+def _check_provenance(
+    provenance: Mapping[str, Any], model: nn.Module, actual: Mapping[str, Any], directory: Path
+) -> None:
+    """A checkpoint's recorded model type and `{target: {external: shape}}` must be `model`'s and `actual`."""
+    saved_type = provenance.get("model_type")
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    where = f"the checkpoint in {directory} was trained on a {provenance.get('base_model_class')}"
+    if saved_type != model_type:
+        raise CheckpointError(
+            f"{where} (model_type {saved_type!r}), not on a {type(model).__name__} "
+            f"(model_type {model_type!r}); load it onto the base model it was trained with"
+        )
+    expected = provenance.get("targets")
+    if expected is not None and expected != actual:
+        missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
+        differ = [n for n in expected if n in actual and expected[n] != actual[n]]
+        detail = f"missing {missing[:4]}, unexpected {extra[:4]}, different shapes {differ[:4]}"
+        if differ:
+            detail += f" (e.g. '{differ[0]}': saved {expected[differ[0]]}, model {actual[differ[0]]})"
+        raise CheckpointError(
+            f"{where} ({saved_type}) whose targets do not match this {type(model).__name__}: "
+            f"{detail}. Load it onto the base model it was trained with"
+        )
+
+
+def _check_recorded_targets(
+    model: nn.Module, config: HyperConfig, provenance: Mapping[str, Any], where: str, directory: Path
+) -> None:
+    """Before anything is built: the checkpoint's recorded targets must be modules of `model` with the shapes
+    the config gives them there, and the config's own selection (evaluated with a time bound: the pattern comes
+    from a file) must be exactly them."""
+    from .model import target_shapes_of
+
+    modules = dict(model.named_modules())
+    recorded = [n for n in provenance["targets"] if n in modules]
+    if len(recorded) == len(provenance["targets"]):
+        _check_provenance(provenance, model, target_shapes_of(model, config, recorded), directory)
+    else:
+        _check_provenance(provenance, model, {}, directory)  # names the missing targets
+    selected = _select_bounded(model, config, where)
+    if set(selected) != set(recorded):  # (the record's JSON keys are sorted; the selection is in model order)
+        extra, absent = sorted(set(selected) - set(recorded)), sorted(set(recorded) - set(selected))
+        raise CheckpointError(
+            f"{where}: its target_modules select {extra[:4]} beyond, and not {absent[:4]} of, the targets it "
+            "recorded; the config was edited or belongs to another checkpoint"
+        )
+
+
+def _check_header(header: CheckpointHeader, expected: dict[str, tuple[int, ...]]) -> None:
+    """The file's tensors must be exactly those the config implies, by name and shape (before any is read)."""
+    found = {k: v for k, v in header.shapes.items() if k != CONFIG_KEY}
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    if missing or extra or wrong:
+        detail = f"missing {missing[:4]}, unexpected {extra[:4]}, wrong shapes {wrong[:4]}"
+        if wrong:
+            detail += f" (e.g. '{wrong[0]}': file {found[wrong[0]]}, config {expected[wrong[0]]})"
+        raise CheckpointError(
+            f"{header.path} does not hold the tensors its config describes: {detail}. The file or its config was "
+            "changed, or they come from different saves"
+        )
+
+
+def _select_bounded(model: nn.Module, config: HyperConfig, where: str, time_limit: float = 2.0) -> list[str]:
+    """The config's selection on `model`, its patterns evaluated within `time_limit` seconds in all."""
+    from .selection import select_modules
+
+    try:
+        return select_modules(
+            model,
+            config.target_modules,
+            exclude_modules=config.exclude_modules,
+            layers_to_transform=config.layers_to_transform,
+            require_linear=config.mode == "lora",
+            model_type=getattr(getattr(model, "config", None), "model_type", None),
+            time_limit=time_limit,
+        )
+    except TimeoutError:
+        raise CheckpointError(
+            f"{where}: its target_modules/exclude_modules pattern took too long to evaluate on this model's module "
+            f"names (over {time_limit} s: a pattern with catastrophic backtracking?); refusing it"
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: {error}") from None

@@ -10,8 +10,11 @@
 from __future__ import annotations
 
 import difflib
+import numbers
 import re
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -40,6 +43,58 @@ PRESETS: dict[str, tuple[list[str], list[str]]] = {
 PRESET_NAMES = ("attention", "mlp", "attention+mlp", "all-linear")
 
 
+def check_module_names(field: str, value: Any) -> str | list[str]:
+    """`target_modules` / `exclude_modules` checked and normalised: a regex string (compiled here, so a bad pattern
+    fails where it is given) or a list of module names (a fresh list of non-empty strings)."""
+    forms = (
+        "a regex string (matched with re.fullmatch against dotted module names, e.g. r'.*\\.q_proj') or a list of "
+        "module names or suffixes (e.g. ['q_proj', 'v_proj'])"
+    )
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{field} is an empty string; give {forms}")
+        if value in PRESET_NAMES:
+            return value
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(
+                f"{field}={value!r} is not a valid regular expression ({err}); give {forms}. To match a name "
+                "literally, escape it with re.escape(...) or put it in a list"
+            ) from None
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{field} must be a str or a list of str, got {type(value).__name__} {value!r}; give {forms}")
+    if not value and field == "target_modules":
+        raise ValueError("target_modules is empty; give a regex, a list of names, or a preset ('attention', ...)")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise TypeError(
+            f"{field} must be a str or a list of str (non-empty module names), got {list(value)!r}, whose entries "
+            f"{bad!r} are not; give {forms}"
+        )
+    return list(value)
+
+
+def check_layers(value: Any) -> list[int]:
+    """`layers_to_transform` checked and normalised to a fresh list of non-negative ints."""
+    expected = "an int or a list of non-negative ints (layer indices, e.g. [0, 1]), or None for all layers"
+
+    def index(v: Any) -> int:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            which = "" if v is value else f", whose entry {v!r} is not an int"
+            raise TypeError(f"layers_to_transform must be {expected}, got {value!r} ({type(v).__name__}){which}")
+        if v < 0:
+            raise ValueError(f"layers_to_transform must be {expected}, got {value!r} (negative index {v})")
+        return int(v)
+
+    if not isinstance(value, (list, tuple)):
+        return [index(value)]
+    if not value:
+        raise ValueError(f"layers_to_transform is empty, which selects nothing; give {expected}")
+    return [index(v) for v in value]
+
+
 def layer_index(name: str) -> int | None:
     """The index of the numbered layer a module lives in (`model.layers.3.mlp` -> 3), or None."""
     match = _LAYER_RE.search(name)
@@ -54,17 +109,21 @@ def type_key(name: str) -> str:
     return f"{name[: match.start(1)]}*{name[match.end(1) :]}"
 
 
-def _matches(name: str, spec: str | Sequence[str]) -> bool:
+def _matches(name: str, spec: str | Sequence[str], deadline: float | None = None) -> bool:
     if isinstance(spec, str):
-        return re.fullmatch(spec, name) is not None
+        if deadline is None:
+            return re.fullmatch(spec, name) is not None
+        import regex  # a Transformers dependency; unlike `re`, it can stop a runaway match
+
+        return regex.fullmatch(spec, name, timeout=max(deadline - time.monotonic(), 1e-3)) is not None
     return any(name == entry or name.endswith(f".{entry}") for entry in spec)
 
 
-def _preset_regex(model_type: str | None, which: str) -> str:
+def _preset_regex(model_type: str | None, which: str, field: str = "target_modules") -> str:
     if model_type not in PRESETS:
         raise ValueError(
             f"no '{which}' preset for model_type {model_type!r}; presets exist for {sorted(PRESETS)}. "
-            "Give target_modules as a regex or a list of names instead"
+            f"Give {field} as a regex or a list of names instead"
         )
     attention, mlp = PRESETS[model_type]
     leaves = {"attention": attention, "mlp": mlp, "attention+mlp": attention + mlp}[which]
@@ -78,6 +137,16 @@ def _output_head_names(model: nn.Module) -> set[str]:
     return names | {n for n, _ in model.named_modules() if n.split(".")[-1] in ("lm_head", "classifier", "score")}
 
 
+def _selector(model: nn.Module, spec: str | Sequence[str], model_type: str | None, field: str, deadline: float | None):
+    """`(name, module) -> bool` for one of the forms of target_modules / exclude_modules."""
+    if spec == "all-linear":
+        heads = _output_head_names(model)
+        return lambda name, module: linear_like(module) is not None and name not in heads
+    if isinstance(spec, str) and spec in PRESET_NAMES:
+        spec = _preset_regex(model_type, spec, field)
+    return lambda name, module: _matches(name, spec, deadline)
+
+
 def select_modules(
     model: nn.Module,
     target_modules: str | Sequence[str],
@@ -86,29 +155,43 @@ def select_modules(
     layers_to_transform: int | Sequence[int] | None = None,
     require_linear: bool = True,
     model_type: str | None = None,
+    time_limit: float | None = None,
 ) -> list[str]:
     """Names of the modules of `model` that the config selects, in model order.
 
-    Raises a ValueError listing near candidates when nothing matches.
+    Raises a ValueError listing near candidates when nothing matches. With `time_limit` (seconds, for patterns
+    from untrusted files), regexes are evaluated with that bound in all and a runaway one raises TimeoutError.
     """
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+    target_modules = check_module_names("target_modules", target_modules)
+    if exclude_modules is not None:
+        exclude_modules = check_module_names("exclude_modules", exclude_modules)
     named = [(n, m) for n, m in model.named_modules() if n]
-    spec: str | Sequence[str] = target_modules
-    all_linear = target_modules == "all-linear"
-    if isinstance(target_modules, str) and target_modules in PRESET_NAMES and not all_linear:
-        spec = _preset_regex(model_type, target_modules)
+    selected = _selector(model, target_modules, model_type, "target_modules", deadline)
+    excluded = (
+        None if exclude_modules is None else _selector(model, exclude_modules, model_type, "exclude_modules", deadline)
+    )
     layers = None
     if layers_to_transform is not None:
-        layers = {layers_to_transform} if isinstance(layers_to_transform, int) else set(layers_to_transform)
-    heads = _output_head_names(model) if all_linear else set()
+        layers = set(check_layers(layers_to_transform))
+        present = sorted({i for n, _ in named if (i := layer_index(n)) is not None})
+        absent = sorted(layers - set(present))
+        if absent:
+            has = (
+                f"its layer indices are {present}"
+                if present
+                else "it has no numbered layers (modules named like 'model.layers.<i>' or 'h.<i>')"
+            )
+            raise ValueError(
+                f"layers_to_transform={layers_to_transform!r} names layer(s) {absent} that the model does not have; "
+                f"{has}. Give indices of existing layers, or layers_to_transform=None for all"
+            )
 
     chosen = []
     for name, module in named:
-        if all_linear:
-            if linear_like(module) is None or name in heads:
-                continue
-        elif not _matches(name, spec):
+        if not selected(name, module):
             continue
-        if exclude_modules is not None and _matches(name, exclude_modules):
+        if excluded is not None and excluded(name, module):
             continue
         if layers is not None and layer_index(name) not in layers:
             continue

@@ -8,21 +8,87 @@ subclass, `Hyper<BaseClass>`, made by the core's one class factory (which also p
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
+import typing
 from typing import Any
 
 from torch import nn
 
+from ..hypernet.conditions import check_condition_name
 from ..nn.derived import derived_class
+
+# keyword arguments that `GenerationMixin.generate` reads from its **kwargs without naming them
+_GENERATE_KWARGS = ("tokenizer", "assistant_tokenizer", "trust_remote_code")
+
+
+def _keywords(function: Any, *, variadic: bool = True) -> set[str]:
+    """The argument names of `function` (`*args`/`**kwargs` themselves only with `variadic`), with the keys of a
+    typed `**kwargs: Unpack[TypedDict]` (as Transformers types them)."""
+    names: set[str] = set()
+    try:
+        params = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+        return names
+    for param in params:
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            typed = typing.get_args(param.annotation)
+            for key in ("__required_keys__", "__optional_keys__"):
+                names |= set(getattr(typed[0], key, ())) if typed else set()
+        if variadic or param.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            names.add(param.name)
+    return names
+
+
+@functools.cache
+def _transformers_generate_keywords() -> frozenset[str]:
+    """`GenerationMixin.generate`'s arguments and every `GenerationConfig` field (generate takes both as keywords)."""
+    from transformers import GenerationConfig, GenerationMixin
+
+    fields = {k for k in vars(GenerationConfig()) if not k.startswith("_")}
+    return frozenset((_keywords(GenerationMixin.generate, variadic=False) - {"self"}) | fields | set(_GENERATE_KWARGS))
+
+
+def _generate_keywords(base_cls: type[nn.Module]) -> set[str]:
+    """The keywords the base model's `generate` takes (none without one); Transformers' in full for its models."""
+    generate = getattr(base_cls, "generate", None)
+    if not callable(generate):
+        return set()
+    names = _keywords(generate, variadic=False) - {"self"}
+    transformers = sys.modules.get("transformers")  # a Transformers model means it is imported already
+    mixin = getattr(transformers, "GenerationMixin", None) if transformers is not None else None
+    if isinstance(mixin, type) and issubclass(base_cls, mixin):
+        names |= _transformers_generate_keywords()
+    return names
+
+
+def check_condition_names(base_cls: type[nn.Module], conditions: tuple[str, ...]) -> None:
+    """Raise unless every condition name is a valid name that shadows no argument of the base model's `forward`
+    (its typed `**kwargs` included) nor, where it has one, of its `generate` (GenerationConfig fields included):
+    a hyper model takes the conditions as keyword arguments beside those, so a clash would swallow one."""
+    for name in conditions:
+        check_condition_name(name)
+    forward = _keywords(base_cls.forward)
+    clash = [n for n in conditions if n in forward]
+    if clash:
+        raise ValueError(
+            f"condition name(s) {clash} collide with arguments of {base_cls.__name__}.forward; rename the condition "
+            f"(e.g. '{clash[0]}_cond'): a hyper model takes its conditions as keyword arguments beside the model's"
+        )
+    generate = _generate_keywords(base_cls)
+    clash = [n for n in conditions if n in generate]
+    if clash:
+        raise ValueError(
+            f"condition name(s) {clash} collide with arguments of {base_cls.__name__}.generate (or fields of "
+            f"GenerationConfig, which generate takes as keywords): hyper.generate(..., {clash[0]}=...) would take "
+            f"it as the condition and never pass it on. Rename the condition (e.g. '{clash[0]}_cond')"
+        )
 
 
 def forward_signature(base_cls: type[nn.Module], conditions: tuple[str, ...]) -> inspect.Signature:
+    check_condition_names(base_cls, conditions)
     base = list(inspect.signature(base_cls.forward).parameters.values())
-    clash = [n for n in conditions if any(p.name == n for p in base)]
-    if clash:
-        raise ValueError(
-            f"condition name(s) {clash} collide with arguments of {base_cls.__name__}.forward; rename the condition"
-        )
     var_keyword = [p for p in base if p.kind is inspect.Parameter.VAR_KEYWORD]
     plain = [p for p in base if p.kind is not inspect.Parameter.VAR_KEYWORD]
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in conditions]
