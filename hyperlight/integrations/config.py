@@ -217,10 +217,11 @@ class HyperConfig:
         except (TypeError, ValueError) as err:
             raise (ValueError if isinstance(err, ValueError) else TypeError)(f"{os.fspath(path)}: {err}") from err
 
-    def matched_modules(self, model: Any) -> list[str]:
+    def matched_modules(self, model: Any, *, time_limit: float | None = None) -> list[str]:
         """Dry run: the names of the modules of `model` this config selects, without changing the model.
 
-        Raises the same errors as `get_hyper_model` (no match, non-linear targets in lora mode).
+        Raises the same errors as `get_hyper_model` (no match, non-linear targets in lora mode). With
+        `time_limit` (seconds), patterns are evaluated with that bound and a runaway one raises TimeoutError.
         """
         self._validate()
         return select_modules(
@@ -230,6 +231,7 @@ class HyperConfig:
             layers_to_transform=self.layers_to_transform,
             require_linear=self.mode == "lora",
             model_type=getattr(getattr(model, "config", None), "model_type", None),
+            time_limit=time_limit,
         )
 
     @property

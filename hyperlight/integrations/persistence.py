@@ -105,7 +105,7 @@ class HyperModelPersistence:
             )
         else:  # a checkpoint from before targets were recorded: select as the config says
             build_config = config
-            recorded = config.matched_modules(model)
+            recorded = _select_bounded(model, config, where)
         _check_header(header, expected_state_shapes(model, build_config, recorded))
 
         hyper = cls(model, build_config)
@@ -242,18 +242,8 @@ def _check_header(header: CheckpointHeader, expected: dict[str, tuple[int, ...]]
 
 def _select_bounded(model: nn.Module, config: HyperConfig, where: str, time_limit: float = 2.0) -> list[str]:
     """The config's selection on `model`, its patterns evaluated within `time_limit` seconds in all."""
-    from .selection import select_modules
-
     try:
-        return select_modules(
-            model,
-            config.target_modules,
-            exclude_modules=config.exclude_modules,
-            layers_to_transform=config.layers_to_transform,
-            require_linear=config.mode == "lora",
-            model_type=getattr(getattr(model, "config", None), "model_type", None),
-            time_limit=time_limit,
-        )
+        return config.matched_modules(model, time_limit=time_limit)
     except TimeoutError:
         raise CheckpointError(
             f"{where}: its target_modules/exclude_modules pattern took too long to evaluate on this model's module "
