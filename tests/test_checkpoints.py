@@ -112,10 +112,9 @@ class _Crash(Exception):
 
 def test_a_crash_at_any_step_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch):
     directory = tmp_path / "ckpt"
-    steps = ["replace", "fsync", "chmod", "mkstemp"]
+    steps = ["replace", "fsync", "chmod", "open"]
     calls = {"n": 0, "crash_at": -1}
-    originals = {name: getattr(os, name) for name in ("replace", "fsync", "chmod")}
-    originals["mkstemp"] = io.tempfile.mkstemp
+    originals = {name: getattr(os, name) for name in steps}
 
     def counting(name):
         def wrapped(*args, **kwargs):
@@ -133,7 +132,7 @@ def test_a_crash_at_any_step_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_
         calls.update(n=0, crash_at=crash_at)
         with monkeypatch.context() as patch:
             for name in steps:
-                patch.setattr(io.tempfile if name == "mkstemp" else os, name, counting(name))
+                patch.setattr(os, name, counting(name))
             try:
                 _save(directory, 2.0)
                 crashed = False
@@ -228,7 +227,7 @@ def _write(directory: Path, record, tensors=None, *, embed: bool = True) -> None
     metadata = {"format": "pt"}
     if embed:
         metadata[io.CONFIG_KEY] = json.dumps(record)
-        metadata[io.DIGEST_KEY] = io.tensors_digest(tensors)
+        metadata[io.DIGEST_KEY] = io.tensors_digest(tensors, json.dumps(record))
     io.save_tensors(directory / WEIGHTS_NAME, tensors, metadata)
     (directory / CONFIG_NAME).write_text(record if isinstance(record, str) else json.dumps(record))
 
@@ -246,11 +245,25 @@ def _good_record() -> dict:
         (lambda r: "not json {", r"is not valid JSON"),
         (lambda r: {**r, "hyperlight": "v1"}, r"'hyperlight' must be an object"),
         (lambda r: {**r, "hyperlight": {**r["hyperlight"], "targets": ["a"]}}, r"'hyperlight.targets' must map"),
-        (lambda r: {**r, "rank": 1_000_000_000}, r"whose targets do not match.*model {'lora_A': .1000000000, 32"),
-        (lambda r: {**r, "hidden_size": 10**9}, r"does not hold the tensors its config describes"),
+        (lambda r: {**r, "rank": 1_000_000_000}, r"describes sizes its tensors do not have \({'rank': 1000000000}"),
+        (lambda r: {**r, "hidden_size": 10**9}, r"describes sizes its tensors do not have \({'hidden_size'"),
+        (lambda r: {**r, "num_layers": 10**6}, r"describes sizes its tensors do not have \(depth"),
+        (lambda r: {**r, "alpha": 10**400}, r"alpha"),
+        (lambda r: {**r, "hidden_size": 24}, r"does not hold the tensors its config describes"),
         (lambda r: {**r, "alpha": "x"}, r"alpha"),
     ],
-    ids=["array", "broken", "provenance string", "targets list", "huge rank", "huge hidden", "alpha type"],
+    ids=[
+        "array",
+        "broken",
+        "provenance string",
+        "targets list",
+        "huge rank",
+        "huge hidden",
+        "deep generator",
+        "huge alpha",
+        "other hidden",
+        "alpha type",
+    ],
 )
 def test_hostile_or_broken_configs_are_refused_before_anything_is_allocated(tmp_path, edit, message, embed):
     record = edit(_good_record())
@@ -318,3 +331,109 @@ def test_a_failed_load_leaves_the_given_model_exactly_as_it_was(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
     _save(tmp_path, 2.0)
     assert HyperModel.from_pretrained(base, tmp_path)  # and a retry works on the same model
+
+
+# -- what a review found: condition order, edited configs, mixed saves, odd files --------------------------
+
+
+def test_the_order_of_the_conditions_survives_save_and_reload(tmp_path):
+    conditions = {"task": {"type": "categorical", "num": 4}, "lang": {"type": "categorical", "num": 3}}  # not sorted
+    hyper = get_hyper_model(_base(), hyper_config(CASE, conditions=conditions))
+    with torch.no_grad():
+        for p in hyper.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hyper.save_pretrained(tmp_path)
+    loaded = HyperModel.from_pretrained(_base(), tmp_path)
+    assert loaded.condition_names == ["task", "lang"]
+    inputs, task, lang = CASE.inputs(2), torch.tensor([0, 3]), torch.tensor([2, 1])
+    with torch.no_grad():
+        want = hyper(**inputs, task=task, lang=lang).logits
+        assert torch.equal(loaded(**inputs, task=task, lang=lang).logits, want)
+        other = get_hyper_model(_base(), hyper_config(CASE, conditions=conditions))
+        other.load_state_dict(hyper.state_dict())  # the Trainer path: the config travels as a tensor
+        assert torch.equal(other(**inputs, task=task, lang=lang).logits, want)
+    swapped = get_hyper_model(_base(), hyper_config(CASE, conditions=dict(reversed(conditions.items()))))
+    with pytest.raises(ValueError, match="another HyperConfig"):
+        swapped.load_state_dict(hyper.state_dict())
+
+
+def _embedded(directory: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as f:
+        metadata = dict(f.metadata())
+    return metadata, load_file(str(directory / WEIGHTS_NAME))
+
+
+def test_an_edited_embedded_config_is_refused(tmp_path):
+    _save(tmp_path, 1.0)
+    metadata, tensors = _embedded(tmp_path)
+    record = json.loads(metadata[io.CONFIG_KEY])
+    record["alpha"] = 1000.0  # the digest is left as it was
+    metadata[io.CONFIG_KEY] = json.dumps(record)
+    io.save_tensors(tmp_path / WEIGHTS_NAME, tensors, metadata)
+    with pytest.raises(CheckpointError, match=r"name the same save but differ in fields \['alpha'\]"):
+        HyperModel.from_pretrained(_base(), tmp_path)
+    (tmp_path / CONFIG_NAME).unlink()  # without the readable copy, the digest catches it
+    with pytest.raises(CheckpointError, match="its tensors or its config were changed"):
+        HyperModel.from_pretrained(_base(), tmp_path)
+
+
+def test_an_edited_readable_config_is_refused_rather_than_ignored(tmp_path):
+    _save(tmp_path, 1.0)
+    path = tmp_path / CONFIG_NAME
+    record = json.loads(path.read_text())
+    record["alpha"] = 1000.0
+    path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"hyper_config.json and the config .* differ in fields \['alpha'\]"):
+        HyperModel.from_pretrained(_base(), tmp_path)
+
+
+def test_old_format_weights_beside_the_config_of_another_save_are_refused(tmp_path):
+    _save(tmp_path, 1.0)
+    new_config = (tmp_path / CONFIG_NAME).read_text()
+    _save(tmp_path, 2.0)
+    _, tensors = _embedded(tmp_path)
+    io.save_tensors(tmp_path / WEIGHTS_NAME, tensors, {"format": "pt"})  # weights of save 2, no config inside
+    (tmp_path / CONFIG_NAME).write_text(new_config)  # the JSON of save 1
+    with pytest.raises(CheckpointError, match="does not match the digest recorded"):
+        HyperModel.from_pretrained(_base(), tmp_path)
+
+
+def test_deeply_nested_or_huge_files_are_refused_quickly(tmp_path):
+    _save(tmp_path, 1.0)
+    metadata, tensors = _embedded(tmp_path)
+    metadata[io.CONFIG_KEY] = "[" * 200_000
+    io.save_tensors(tmp_path / WEIGHTS_NAME, tensors, metadata)
+    with pytest.raises(CheckpointError, match="is not valid JSON"):
+        HyperModel.from_pretrained(_base(), tmp_path)
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / WEIGHTS_NAME).write_bytes((1 << 40).to_bytes(8, "little") + b"{}")  # claims a 1 TiB header
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="declares a 1099511627776-byte header"):
+        HyperModel.from_pretrained(_base(), huge)
+    assert time.perf_counter() - start < 5
+
+
+def test_cleanup_of_temporaries_is_safe(tmp_path):
+    _save(tmp_path, 1.0)
+    odd = tmp_path / f".{WEIGHTS_NAME}.99999999999999999999.abc.tmp"  # no such process can exist
+    odd.write_bytes(b"x")
+    folder = tmp_path / f".{WEIGHTS_NAME}.1.abc.tmp"  # a directory with a temporary's name is not ours to remove
+    folder.mkdir()
+    mine = tmp_path / f".{CONFIG_NAME}.{os.getpid()}.abc.tmp"  # this process's: another thread may be writing it
+    mine.write_bytes(b"x")
+    _save(tmp_path, 2.0)
+    assert not odd.exists() and folder.is_dir() and mine.exists()
+    assert _stamp(tmp_path) == 2.0
+
+
+def test_a_resave_keeps_the_permissions_the_owner_gave(tmp_path):
+    _save(tmp_path, 1.0)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        (tmp_path / name).chmod(0o600)
+    _save(tmp_path, 2.0)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name

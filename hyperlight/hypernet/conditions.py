@@ -121,7 +121,10 @@ def _scalar_range(name: str, rng: Any) -> tuple[float, float]:
         raise ValueError(
             f"condition '{name}' (scalar) needs range [low, high] (two numbers, e.g. [0.0, 1.0]), got {rng!r}"
         )
-    lo, hi = float(pair[0]), float(pair[1])
+    try:
+        lo, hi = float(pair[0]), float(pair[1])
+    except OverflowError:  # ints too large for a float
+        lo, hi = math.inf, math.inf
     if not all(math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in (lo, hi)):
         raise ValueError(
             f"condition '{name}' (scalar) needs a finite range [low, high] (within float32, ±{_FLOAT32_MAX:.3g}), "

@@ -47,6 +47,13 @@ def _names(field_name: str, value: Any, *, allow_empty: bool) -> list[str]:
     return list(value)
 
 
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _check_field(name: str, value: Any) -> Any:
     """One field checked on its own (where it is given: construction or assignment); returns it normalised."""
     if name == "target_modules":
@@ -80,7 +87,7 @@ def _check_field(name: str, value: Any) -> Any:
             raise ValueError(f"{name} must be in [0, 1) (a dropout probability), got {value!r}; e.g. {name}=0.1")
         return float(value)
     if name == "alpha":
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not _finite(value) or value <= 0:
             raise ValueError(
                 f"alpha must be a finite positive number (the update is scaled by alpha/rank), got {value!r}; "
                 "e.g. alpha=16"
@@ -197,7 +204,7 @@ class HyperConfig:
         return cls(**data)
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2)  # in field order; the order of the conditions matters
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> HyperConfig:

@@ -19,7 +19,8 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
+import stat
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ TRAINER_WEIGHTS_NAME = "model.safetensors"  # what transformers.Trainer writes f
 CONFIG_KEY = "hyper_config"  # the config travels inside state_dict() as a uint8 tensor of JSON
 DIGEST_KEY = "hyperlight_sha256"  # safetensors metadata: digest of the tensors; also in hyper_config.json
 MAX_CONFIG_BYTES = 1 << 20  # a config larger than this is not one hyperlight wrote
+MAX_HEADER_BYTES = 16 << 20  # a safetensors header (names, shapes, metadata) larger than this neither
 
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
@@ -42,8 +44,14 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, inconsistent, or not one hyperlight wrote; the message names it."""
 
 
+def config_text(record: Mapping[str, Any]) -> str:
+    """The canonical JSON of a config record. Keys keep their order: the order of the conditions is the order
+    their embeddings are concatenated in, so sorting them would silently change the model."""
+    return json.dumps(record)
+
+
 def config_to_tensor(record: dict[str, Any]) -> Tensor:
-    return torch.tensor(list(json.dumps(record, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+    return torch.tensor(list(config_text(record).encode("utf-8")), dtype=torch.uint8)
 
 
 def config_from_tensor(tensor: Tensor, *, where: str = "<state_dict>") -> dict[str, Any]:
@@ -56,8 +64,8 @@ def parse_record(text: str, where: str) -> dict[str, Any]:
     """A config record from JSON text: a dict, or a CheckpointError naming `where`."""
     try:
         record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{where} is not valid JSON ({error}); the checkpoint is damaged") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, over-long integers, absurd nesting
+        raise CheckpointError(f"{where} is not valid JSON ({str(error)[:200]}); the checkpoint is damaged") from None
     if not isinstance(record, dict):
         raise CheckpointError(
             f"{where} must hold a JSON object (the HyperConfig fields and a 'hyperlight' block), "
@@ -81,9 +89,10 @@ def _is_shape(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
 
 
-def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+def tensors_digest(tensors: Mapping[str, Tensor], config: str = "") -> str:
+    """SHA-256 over the config text and every tensor's name, dtype, shape and bytes, in name order."""
     digest = hashlib.sha256()
+    digest.update(f"{len(config)}|{config}|".encode())
     for name in sorted(tensors):
         tensor = tensors[name].detach().contiguous().cpu()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -92,12 +101,6 @@ def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
 
 
 # -- writing ---------------------------------------------------------------------------------------------
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -109,8 +112,8 @@ def remove_stale_temporaries(directory: Path) -> None:
         if match is None or match["name"] not in (WEIGHTS_NAME, CONFIG_NAME):
             continue
         pid = int(match["pid"])
-        if pid != os.getpid() and _alive(pid):
-            continue  # another process is saving right now
+        if pid == os.getpid() or _alive(pid) or not path.is_file():
+            continue  # a save in progress (another thread of this process, or another process), or not ours
         try:
             path.unlink()
         except FileNotFoundError:
@@ -120,7 +123,7 @@ def remove_stale_temporaries(directory: Path) -> None:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # no such process (or no such pid at all)
         return False
     except PermissionError:
         return True
@@ -131,11 +134,15 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through `write(tmp_path)` to a temporary file beside `path`, flush it to disk, then rename it into
     place, so an interrupted save leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    # created as open() creates files (0666 less the umask), unlike mkstemp's 0600
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0666 less the umask, read without touching the umask
+        if path.exists():  # a file saved before keeps the permissions its owner gave it
+            mode = stat.S_IMODE(path.stat().st_mode)
         write(tmp)
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, mode)  # writers that replace the file (safetensors) may have changed it
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -169,7 +176,7 @@ def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
 def save_json(path: Path, data: dict[str, Any]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            json.dump(data, f, indent=2)
             f.write("\n")
 
     atomic_write(path, write)
@@ -178,13 +185,9 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
 def save_checkpoint(directory: Path, tensors: dict[str, Tensor], record: dict[str, Any], version: str) -> None:
     """Write one consistent checkpoint: the weights (with their config and digest), then the readable config."""
     remove_stale_temporaries(directory)
-    digest = tensors_digest(tensors)
-    metadata = {
-        "format": "pt",
-        "hyperlight": version,
-        CONFIG_KEY: json.dumps(record, sort_keys=True),
-        DIGEST_KEY: digest,
-    }
+    text = config_text(record)
+    digest = tensors_digest(tensors, text)  # covers the config too: an edited config is a changed checkpoint
+    metadata = {"format": "pt", "hyperlight": version, CONFIG_KEY: text, DIGEST_KEY: digest}
     save_tensors(directory / WEIGHTS_NAME, tensors, metadata)
     save_json(directory / CONFIG_NAME, {**record, DIGEST_KEY: digest})
     _sync_directory(directory)
@@ -200,13 +203,24 @@ class CheckpointHeader:
         from safetensors import safe_open
 
         self.path = path
+        self.expected: tuple[str, str] | None = None  # (config text, digest) to verify the tensors against
         if not path.is_file():
             raise CheckpointError(f"no {path.name} in {path.parent}: is this a directory written by save_pretrained?")
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+        if length > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{path} declares a {length}-byte header (more than {MAX_HEADER_BYTES} bytes): not a checkpoint "
+                "hyperlight wrote; refusing to read it"
+            )
         try:
             with safe_open(str(path), framework="pt") as f:
                 self.metadata: dict[str, str] = dict(f.metadata() or {})
-                self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-                self.dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
+                self.shapes: dict[str, tuple[int, ...]] = {}
+                self.dtypes: dict[str, str] = {}
+                for key in f.keys():
+                    view = f.get_slice(key)
+                    self.shapes[key], self.dtypes[key] = tuple(view.get_shape()), str(view.get_dtype())
         except Exception as error:  # safetensors raises its own error types for truncated or garbled files
             raise CheckpointError(
                 f"{path} is not a readable safetensors file ({error}); the checkpoint is damaged"
@@ -220,11 +234,10 @@ class CheckpointHeader:
             tensors = load_file(str(self.path))
         except Exception as error:
             raise CheckpointError(f"{self.path} could not be read ({error}); the checkpoint is damaged") from None
-        recorded = self.metadata.get(DIGEST_KEY)
-        if recorded is not None and tensors_digest(tensors) != recorded:
+        if self.expected is not None and tensors_digest(tensors, self.expected[0]) != self.expected[1]:
             raise CheckpointError(
-                f"{self.path} does not match the digest recorded when it was saved: its content was changed or "
-                "corrupted. Restore it from a copy, or save the model again"
+                f"{self.path} does not match the digest recorded when it was saved: its tensors or its config were "
+                "changed or corrupted. Restore it from a copy, or save the model again"
             )
         for name, tensor in tensors.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
@@ -236,18 +249,32 @@ class CheckpointHeader:
 
 def read_checkpoint(directory: Path) -> tuple[dict[str, Any], CheckpointHeader, str]:
     """(config record, weights header, where the record came from) of a save_pretrained directory or a Trainer
-    checkpoint; nothing is allocated yet (`header.load()` reads the tensors)."""
+    checkpoint; nothing is allocated yet (`header.load()` reads the tensors and verifies them)."""
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a directory; give the directory save_pretrained wrote")
     if (directory / WEIGHTS_NAME).is_file() or (directory / CONFIG_NAME).is_file():
         header = CheckpointHeader(directory / WEIGHTS_NAME)
-        embedded = header.metadata.get(CONFIG_KEY)
+        embedded, digest = header.metadata.get(CONFIG_KEY), header.metadata.get(DIGEST_KEY)
         if embedded is not None:  # the weights file's own config: always the one saved with these weights
+            where = f"the config inside {header.path}"
             if len(embedded) > MAX_CONFIG_BYTES:
                 raise CheckpointError(f"{header.path}: its embedded config is larger than 1 MiB")
-            _warn_if_stale(directory / CONFIG_NAME, header.metadata.get(DIGEST_KEY))
-            return parse_record(embedded, f"the config inside {header.path}"), header, str(header.path)
-        return _read_json(directory / CONFIG_NAME), header, str(directory / CONFIG_NAME)  # written before digests
+            record = parse_record(embedded, where)
+            if digest is None:
+                raise CheckpointError(
+                    f"{header.path} holds a config but no '{DIGEST_KEY}': it was not written by save_pretrained or "
+                    "was stripped; refusing to load it unverified"
+                )
+            header.expected = (embedded, digest)
+            _check_readable_copy(directory / CONFIG_NAME, record, digest)
+            return record, header, str(header.path)
+        # weights without an embedded config: written before digests (unverifiable), or a JSON of another save
+        path = directory / CONFIG_NAME
+        record = _read_json(path)
+        digest = record.pop(DIGEST_KEY, None)
+        if digest is not None:
+            header.expected = (config_text(record), digest)  # a mix of saves fails this when the tensors are read
+        return record, header, str(path)
     if (directory / TRAINER_WEIGHTS_NAME).is_file():
         header = CheckpointHeader(directory / TRAINER_WEIGHTS_NAME)
         if CONFIG_KEY in header.shapes:
@@ -265,18 +292,32 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, Any], CheckpointHeader, 
     )
 
 
-def _warn_if_stale(path: Path, digest: str | None) -> None:
-    """The readable config should name the weights it was saved with; say so when it does not."""
+def _check_readable_copy(path: Path, record: Mapping[str, Any], digest: str) -> None:
+    """`hyper_config.json` must be the config saved with the weights: stale after an interrupted save (a warning:
+    the weights' own config is loaded), or edited by hand (an error: the edit would be ignored)."""
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get(DIGEST_KEY) if path.is_file() else digest
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    if recorded != digest:
+        copy = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError, RecursionError):
+        copy = {}
+    if not isinstance(copy, dict):
+        copy = {} if copy is not None else None
+    if copy is None:
+        return  # only the weights file: it is complete on its own
+    if copy.get(DIGEST_KEY) != digest:
         warnings.warn(
             f"{path} is from another save than {WEIGHTS_NAME} beside it (a save interrupted between its two files, "
-            f"or an edited file); loading the config saved inside {WEIGHTS_NAME}. Save again to make them agree",
+            f"or a damaged file); loading the config saved inside {WEIGHTS_NAME}. Save again to make them agree",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
+        )
+        return
+    copy.pop(DIGEST_KEY)
+    if copy != record:
+        changed = sorted(k for k in set(copy) | set(record) if copy.get(k) != record.get(k))
+        raise CheckpointError(
+            f"{path} and the config inside {WEIGHTS_NAME} name the same save but differ in fields {changed[:6]}: one "
+            "of them was edited after it was saved (an edit would not take effect). Change the config in Python "
+            "(HyperConfig) and save again, or restore the files"
         )
 
 

@@ -94,19 +94,22 @@ class HyperModelPersistence:
         provenance = record.pop("hyperlight", {})
         try:
             config = HyperConfig.from_dict(record)
-        except (TypeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{where}: {error}") from None
-        recorded_names = set(provenance.get("targets", {}))
-        recorded = [n for n, _ in model.named_modules() if n in recorded_names]  # in model order
-        if recorded_names:
-            _check_recorded_targets(model, config, provenance, where, directory)
-            build_config = dataclasses.replace(
-                config, target_modules=recorded, exclude_modules=None, layers_to_transform=None
-            )
-        else:  # a checkpoint from before targets were recorded: select as the config says
-            build_config = config
-            recorded = _select_bounded(model, config, where)
-        _check_header(header, expected_state_shapes(model, build_config, recorded))
+            _check_sizes_against(header, config)
+            recorded_names = set(provenance.get("targets", {}))
+            recorded = [n for n, _ in model.named_modules() if n in recorded_names]  # in model order
+            if recorded_names:
+                _check_recorded_targets(model, config, provenance, where, directory)
+                build_config = dataclasses.replace(
+                    config, target_modules=recorded, exclude_modules=None, layers_to_transform=None
+                )
+            else:  # a checkpoint from before targets were recorded: select as the config says
+                build_config = config
+                recorded = _select_bounded(model, config, where)
+            _check_header(header, expected_state_shapes(model, build_config, recorded))
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError, KeyError, OverflowError, RecursionError, RuntimeError) as error:
+            raise CheckpointError(f"{where}: {str(error)[:1000]}") from None
 
         hyper = cls(model, build_config)
         try:
@@ -152,7 +155,8 @@ class HyperModelPersistence:
         if record is not None:
             saved = config_from_tensor(record)
             provenance = saved.pop("hyperlight", {})
-            if HyperConfig.from_dict(saved) != self.hyper_config:
+            loaded = HyperConfig.from_dict(saved)
+            if loaded != self.hyper_config or list(loaded.conditions) != list(self.hyper_config.conditions):
                 raise ValueError("the state dict was saved from a hyper model with another HyperConfig")
             self.check_provenance(provenance, Path("<state_dict>"))
         return self._load_hyper_state(state, strict=strict)
@@ -222,6 +226,31 @@ def _check_recorded_targets(
         raise CheckpointError(
             f"{where}: its target_modules select {extra[:4]} beyond, and not {absent[:4]} of, the targets it "
             "recorded; the config was edited or belongs to another checkpoint"
+        )
+
+
+def _check_sizes_against(header: CheckpointHeader, config: HyperConfig) -> None:
+    """Cheap bounds before anything is built, even on the meta device: every size the config gives appears as a
+    tensor dimension in the file, and the generator's depth is at most the number of its tensors."""
+    largest = max((d for shape in header.shapes.values() for d in shape), default=0)
+    sizes = {
+        "rank": config.rank,
+        "condition_dim": config.condition_dim,
+        "hidden_size": config.hidden_size,
+        "layer_embedding_dim": config.layer_embedding_dim,
+        "type_embedding_dim": config.type_embedding_dim,
+    }
+    for name, spec in config.conditions.items():
+        size = spec.get("num") if isinstance(spec, Mapping) else None
+        size = size if size is not None else (spec.get("dim") if isinstance(spec, Mapping) else None)
+        if isinstance(size, int):
+            sizes[f"conditions.{name}"] = size
+    too_large = {k: v for k, v in sizes.items() if v > largest}
+    if too_large or config.num_layers > len(header.shapes) or len(config.conditions) > len(header.shapes):
+        raise CheckpointError(
+            f"{header.path}: its config describes sizes its tensors do not have ({too_large or 'depth'}; the largest "
+            f"dimension in the file is {largest}, it holds {len(header.shapes)} tensors); the file or its config "
+            "was changed"
         )
 
 

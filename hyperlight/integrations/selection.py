@@ -57,7 +57,7 @@ def check_module_names(field: str, value: Any) -> str | list[str]:
             return value
         try:
             re.compile(value)
-        except re.error as err:
+        except (re.error, RecursionError, OverflowError) as err:  # absurd nesting or repeat counts too
             raise ValueError(
                 f"{field}={value!r} is not a valid regular expression ({err}); give {forms}. To match a name "
                 "literally, escape it with re.escape(...) or put it in a list"
