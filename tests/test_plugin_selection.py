@@ -151,12 +151,6 @@ GOOD = {"task": torch.tensor([0, 1]), "desc": torch.zeros(2, 3), "temp": torch.t
     [
         ({"task": None}, TypeError, r"missing condition\(s\) \['task'\]; this model takes task \(categorical\)"),
         (
-            {"lang": torch.tensor([0, 1])},
-            TypeError,
-            r"unexpected keyword argument\(s\) \['lang'\]: neither a condition of this hyper model "
-            r"\(task \(categorical\)",
-        ),
-        (
             {"task": torch.tensor([0, 4])},
             ValueError,
             r"condition 'task' out of range: expected ids in \[0, 4\), got \[0, 4\]",

@@ -11,7 +11,6 @@ model afterwards. This file builds the model and runs calls; `persistence.py` sa
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 from ..hypernet.conditions import ConditionEncoder
 from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
 from ..hypernetize import hypernetize, original_value
-from ..nn.binding import BoundValues, Plan, bind
+from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
 from ..nn.hypernetized import linear_like
 from ..nn.module import HyperModule
@@ -33,23 +32,19 @@ from .release import HyperModelRelease
 from .selection import layer_index, type_key
 from .signature import forward_signature, signed_class
 
+# bound to every target inside `disable_adapter()`: no values, so the targets compute as the pretrained model
+ADAPTER_DISABLED = BoundValues()
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
 
 
 def _accepted_keywords(forward: Any) -> frozenset[str] | None:
-    """The keyword arguments `forward` accepts, or None when it takes free-form `**kwargs`.
-
-    Transformers types its `**kwargs` as `Unpack[TypedDict]`; those keys count as accepted.
-    """
+    """The keyword arguments `forward` accepts, or None when it takes `**kwargs` (typed or not): then it accepts
+    anything, as the base model itself does (Llama takes and ignores a tokenizer's `token_type_ids`)."""
     names: set[str] = set()
     for param in inspect.signature(forward).parameters.values():
         if param.kind is inspect.Parameter.VAR_KEYWORD:
-            typed = typing.get_args(param.annotation)
-            keys = getattr(typed[0], "__required_keys__", None) if typed else None
-            if keys is None:
-                return None
-            names |= set(keys) | set(typed[0].__optional_keys__)
-        elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            return None
+        if param.kind is not inspect.Parameter.VAR_POSITIONAL:
             names.add(param.name)
     return frozenset(names)
 
@@ -399,6 +394,24 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         with bind(self._bind(batch_size, conditions, expand=1)):
             yield
 
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the pretrained model exactly inside the block (as PEFT's `disable_adapter`): calls of this hyper
+        model need no conditions (given ones are ignored), and nested or concurrent calls elsewhere keep theirs.
+        TRL's DPO uses this for the reference model, so no second copy is needed."""
+        self.require_loaded()
+        if self._saved_modules:
+            raise NotImplementedError(
+                f"disable_adapter() cannot give back the pretrained {sorted(self._saved_modules)}: modules_to_save "
+                "are trained in place. Keep a copy of the base model for a reference, or train without them"
+            )
+        with bind(dict.fromkeys(self._target_modules.values(), ADAPTER_DISABLED)):
+            yield
+
+    def _adapter_disabled(self) -> bool:
+        first = next(iter(self._target_modules.values()))
+        return bound_values(first) is ADAPTER_DISABLED
+
     def get_base_model(self) -> nn.Module:
         """The base model (as PEFT's `get_base_model`). Called directly, outside any call of this hyper model or
         `conditioned(...)` block, it computes as the pretrained model: generated weights live in calls only."""
@@ -410,6 +423,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self.require_loaded()
         conditions = self._pop_conditions(kwargs)
+        if self._adapter_disabled():
+            return self.base_model(*args, **kwargs)
         unknown = [k for k in kwargs if self._base_keywords is not None and k not in self._base_keywords]
         if unknown:
             raise TypeError(
@@ -432,6 +447,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         once per call; beams and `num_return_sequences` reuse row b's weights for b's expanded rows."""
         self.require_loaded()
         conditions = self._pop_conditions(kwargs)
+        if self._adapter_disabled():
+            return self.base_model.generate(*args, **kwargs)
         with bind(self._bind(_batch_size(args, kwargs), conditions, expand=self._generation_expansion(kwargs))):
             return self.base_model.generate(*args, **kwargs)
 
@@ -453,9 +470,18 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     # -- parameters ----------------------------------------------------------------------------------
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters), as PEFT reports them."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
+        """(trainable parameters, all parameters), counted as PEFT counts them: each shared tensor once, DeepSpeed
+        ZeRO-3's partitioned parameters by `ds_numel`, bitsandbytes 4-bit parameters by what they pack."""
+        trainable = total = 0
+        for param in self.parameters():
+            count = param.numel()
+            if count == 0 and hasattr(param, "ds_numel"):
+                count = param.ds_numel
+            if type(param).__name__ == "Params4bit":
+                size = param.element_size() if hasattr(param, "element_size") else 1
+                count *= 2 * getattr(getattr(param, "quant_storage", None), "itemsize", size)
+            total += count
+            trainable += count if param.requires_grad else 0
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
@@ -473,7 +499,14 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         except AttributeError:
             if name == "base_model":
                 raise
-            return getattr(self.base_model, name)
+        base = self.base_model
+        try:
+            return getattr(base, name)
+        except AttributeError:
+            raise AttributeError(
+                f"'{type(self).__name__}' object (a hyper model around {type(base).__name__}) has no attribute "
+                f"'{name}', and neither has its base model"
+            ) from None
 
 
 def get_hyper_model(model: nn.Module, config: HyperConfig) -> HyperModel:
