@@ -13,6 +13,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -32,6 +34,10 @@ from .release import HyperModelRelease
 from .selection import layer_index, type_key
 from .signature import forward_signature, signed_class
 
+# the conditions of the enclosing `conditioned(...)` blocks, per hyper model: the default of calls that give none
+_BLOCK_CONDITIONS: ContextVar[Mapping[int, dict[str, Any]]] = ContextVar(
+    "hyperlight_block_conditions", default=MappingProxyType({})
+)
 # bound to every target inside `disable_adapter()`: no values, so the targets compute as the pretrained model
 ADAPTER_DISABLED = BoundValues()
 _BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
@@ -377,9 +383,9 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     def conditioned(self, batch_size: int | None = None, **conditions: Any) -> Iterator[None]:
         """Run code with the weights of `conditions` (a `with` block, in this thread and context only).
 
-        Calls of the base model (or anything built around it) inside the block use these weights; nothing
-        remains after it. `hyper(...)` and `hyper.generate(...)` generate their own from their arguments.
-        Inputs must have the conditions' batch size (use `hyper.generate` for beams); training through the
+        Calls of the base model inside the block use these weights; calls of this hyper model that give no
+        conditions use these conditions (so a `pipeline` around it that cannot pass them works); nothing remains
+        after it. Base-model inputs must have the conditions' batch size (one value fits any); training through the
         block works without checkpointing or with non-reentrant checkpointing (reentrant checkpointing
         needs `hyper(...)`, which routes the generator's gradients around its nested backward passes).
         """
@@ -391,8 +397,13 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
                 "gradient_checkpointing_kwargs={'use_reentrant': False}, or wrap the block in torch.no_grad()"
             )
         bind_checkpointing(self._checkpointable)
-        with bind(self._bind(batch_size, conditions, expand=1)):
-            yield
+        defaults = _BLOCK_CONDITIONS.get()
+        token = _BLOCK_CONDITIONS.set({**defaults, id(self): dict(conditions)})
+        try:
+            with bind(self._bind(batch_size, conditions, expand=1)):
+                yield
+        finally:
+            _BLOCK_CONDITIONS.reset(token)
 
     @contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -418,7 +429,9 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         return self.base_model
 
     def _pop_conditions(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {name: kwargs.pop(name) for name in self.condition_names if name in kwargs}
+        """The call's conditions: its keyword arguments, or those of an enclosing `conditioned` block."""
+        given = {name: kwargs.pop(name) for name in self.condition_names if name in kwargs}
+        return given or dict(_BLOCK_CONDITIONS.get().get(id(self), {}))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self.require_loaded()
