@@ -437,3 +437,19 @@ def test_a_resave_keeps_the_permissions_the_owner_gave(tmp_path):
     _save(tmp_path, 2.0)
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_a_generator_that_cannot_be_built_leaves_the_model_as_it_was(monkeypatch):
+    from hyperlight.integrations import model as model_module
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("injected: the generator does not fit")
+
+    monkeypatch.setattr(model_module, "build_generator", out_of_memory)
+    base = _base()
+    classes = {n: type(m) for n, m in base.named_modules()}
+    grads = {n: p.requires_grad for n, p in base.named_parameters()}
+    with pytest.raises(MemoryError):
+        get_hyper_model(base, hyper_config(CASE))
+    assert {n: type(m) for n, m in base.named_modules()} == classes
+    assert {n: p.requires_grad for n, p in base.named_parameters()} == grads

@@ -223,8 +223,15 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         chosen = _full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
 
         self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        # the generator (the allocation that can fail) is built from the unchanged model, before it changes
+        modules = dict(model.named_modules())
+        pretrained = {f"{n}.{p}": modules[n]._parameters[p].detach() for n, ps in chosen.items() for p in ps}
+        targets = plan_targets(model, config, names, chosen, values=pretrained if chosen else None)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.condition_encoder, self.generator = build_generator(config, targets, device)
+
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
-        targets = self._hypernetize(model, names, chosen)
+        self._hypernetize(model, names, chosen)  # checks every target before changing any
         self.base_model = model
         self._released = False
         self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
@@ -236,9 +243,6 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
             n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in saved.items()
         }
         self._base_keywords = _accepted_keywords(model.forward)
-
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.condition_encoder, self.generator = build_generator(config, targets, device)
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
@@ -249,7 +253,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
     # -- construction -------------------------------------------------------------------------------
 
-    def _hypernetize(self, model: nn.Module, names: list[str], chosen: dict[str, list[str]]) -> list[GeneratorTarget]:
+    def _hypernetize(self, model: nn.Module, names: list[str], chosen: dict[str, list[str]]) -> None:
         config = self.hyper_config
         modules = dict(model.named_modules())
         if config.mode == "lora":
@@ -262,10 +266,9 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
                 convert_root=False,
                 unset="original",
             )
-            return plan_targets(model, config, names, chosen)
-        params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
-        _, values = hypernetize(model, parameters=params, return_values=True, convert_root=False, unset="original")
-        return plan_targets(model, config, names, chosen, values=values)
+        else:
+            params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
+            hypernetize(model, parameters=params, convert_root=False, unset="original")
 
     # -- the model's surface ----------------------------------------------------------------------------
 
