@@ -1,4 +1,4 @@
-"""Every ```python block of the README runs, in order, in one namespace (as a reader would paste them)."""
+"""Every ```python block of the README runs, in order in one namespace, and each one alone (as a reader copies it)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,15 @@ def test_readme_python_blocks_run_as_written(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "{'0.weight': (8, 3, 3, 3), '0.bias': (8,), '2.weight': (8, 8, 3, 3), '2.bias': (8,)}" in printed
     assert "{'0.lora_A': (2, 4), '0.lora_B': (8, 2)}" in printed
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("index", range(len(_blocks())))
+def test_each_readme_block_runs_alone(index, tmp_path):
+    """A reader copies one block: it must not rely on names an earlier block defined."""
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(_blocks()[index], f"README block {index}", "exec"), {"__name__": "__readme__"})
+    finally:
+        os.chdir(cwd)
