@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, help="pretraining steps of the base (0: use it as it is)")
     parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of all three trainings")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank, of the baseline and of the hyper model")
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where results go (overwritten)")
     parser.add_argument("--quick", action="store_true", help="a tiny setting, to check that everything runs")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -307,6 +307,8 @@ def main() -> None:
     start = time.time()
     if WORLD > 1:
         say(f"{WORLD} processes: Trainer runs DDP, each process takes its share of every batch; rank 0 reports")
+    if args.out.exists() and any(args.out.iterdir()):
+        say(f"{args.out} holds an earlier run: its files are overwritten (give --out elsewhere to keep them)")
 
     tasks = list(json.loads((DATA / "tasks.json").read_text()))
     train_rows, test_rows = read_jsonl(DATA / "train.jsonl"), read_jsonl(DATA / "test.jsonl")[:num_test]
