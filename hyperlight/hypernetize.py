@@ -180,15 +180,21 @@ def _externalize(
     return values
 
 
+def parameter_holders(model: nn.Module) -> dict[int, dict[int, str]]:
+    """`{id(parameter): {id(module): a full name of it}}` in model order: a parameter held by two modules is tied."""
+    holders: dict[int, dict[int, str]] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for name, param in module._parameters.items():
+            if param is not None:
+                holders.setdefault(id(param), {}).setdefault(id(module), _full(prefix, name))
+    return holders
+
+
 def _tie_names(model: nn.Module, plan: list[tuple[str, list[str]]]) -> dict[str, str]:
     """`{selected parameter: the first name (in model order) of the Parameter it is tied to}` for parameters held
     by several modules (an output head tied to the input embedding). Names survive copies and dtype changes,
     so unhypernetize ties them again whether the other side was hypernetized or not."""
-    owners: dict[int, dict[int, str]] = {}  # id(param) -> {id(module): a full name}
-    for prefix, module in model.named_modules(remove_duplicate=False):
-        for name, param in module._parameters.items():
-            if param is not None:
-                owners.setdefault(id(param), {}).setdefault(id(module), _full(prefix, name))
+    owners = parameter_holders(model)
     modules = dict(model.named_modules())
     ties = {}
     for prefix, names in plan:

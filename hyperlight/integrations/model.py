@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..hypernet.conditions import ConditionEncoder
 from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
-from ..hypernetize import hypernetize, original_value
+from ..hypernetize import hypernetize, original_value, parameter_holders
 from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
 from ..nn.hypernetized import linear_like
@@ -85,12 +85,7 @@ def _full_mode_parameters(model: nn.Module, names: list[str], wanted: list[str] 
             f"target_parameters={wanted} matched no parameter of the selected modules "
             f"{names[:5]}; their parameters are e.g. {list(modules[names[0]]._parameters)}"
         )
-    # a parameter held by two modules (tied) would be generated once per module: untied
-    owners: dict[int, dict[int, str]] = {}  # id(param) -> {id(module): a name of it}
-    for prefix, module in model.named_modules(remove_duplicate=False):
-        for name, param in module._parameters.items():
-            if param is not None:
-                owners.setdefault(id(param), {}).setdefault(id(module), f"{prefix}.{name}" if prefix else name)
+    owners = parameter_holders(model)  # a tied parameter would be generated once per module: untied
     for n, ps in chosen.items():
         for p in ps:
             held = owners[id(modules[n]._parameters[p])]

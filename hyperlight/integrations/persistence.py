@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
 from .._version import __version__
+from ..hypernet.conditions import ConditionSpec
 from .config import HyperConfig
 from .io import (
     CONFIG_KEY,
@@ -240,11 +241,10 @@ def _check_sizes_against(header: CheckpointHeader, config: HyperConfig) -> None:
         "layer_embedding_dim": config.layer_embedding_dim,
         "type_embedding_dim": config.type_embedding_dim,
     }
-    for name, spec in config.conditions.items():
-        size = spec.get("num") if isinstance(spec, Mapping) else None
-        size = size if size is not None else (spec.get("dim") if isinstance(spec, Mapping) else None)
-        if isinstance(size, int):
-            sizes[f"conditions.{name}"] = size
+    for name, raw in config.conditions.items():
+        spec = ConditionSpec.parse(name, raw)
+        if spec.num is not None or spec.dim is not None:  # an embedding table's rows, or a projection's inputs
+            sizes[f"conditions.{name}"] = spec.num if spec.num is not None else spec.dim
     too_large = {k: v for k, v in sizes.items() if v > largest}
     if too_large or config.num_layers > len(header.shapes) or len(config.conditions) > len(header.shapes):
         raise CheckpointError(
