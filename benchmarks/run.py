@@ -154,7 +154,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
 
         # 4. weights are generated once per distinct condition, and once per generate call
         def per_step_generation():  # what a wrapper without the cache does: run the generator at every step
-            base = hyper.base_model
+            base = hyper.get_base_model()
             forward = base.forward
 
             def regenerate(*args, **kwargs):

@@ -82,7 +82,7 @@ def train(
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-        for layer in hyper.base_model.model.layers:  # each decoder layer is an FSDP unit, the rest the root
+        for layer in hyper.get_base_model().model.layers:  # each decoder layer is an FSDP unit, the rest the root
             fully_shard(layer, mesh=mesh)
         fully_shard(hyper, mesh=mesh)
         rank, world = dist.get_rank(), dist.get_world_size()

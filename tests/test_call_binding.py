@@ -126,7 +126,7 @@ def test_a_call_nested_in_a_forward_leaves_the_outer_result_unchanged():
                 inner_results.append(hyper(**inner_inputs, task=torch.tensor([1])).logits)  # shared weights
             return output
 
-        handle = hyper.base_model.model.layers[0].register_forward_hook(teacher_call)
+        handle = hyper.get_base_model().model.layers[0].register_forward_hook(teacher_call)
         try:
             got = hyper(**outer_inputs, task=outer_task).logits
         finally:
@@ -144,12 +144,12 @@ def test_conditioned_block_binds_for_the_base_model_and_nests():
         want_1 = hyper(**inputs, task=torch.tensor([1, 1])).logits
         pristine = case.build()(**inputs).logits
         with hyper.conditioned(task=2):
-            assert torch.equal(hyper.base_model(**inputs).logits, want_2)
+            assert torch.equal(hyper.get_base_model()(**inputs).logits, want_2)
             with hyper.conditioned(task=1):
-                assert torch.equal(hyper.base_model(**inputs).logits, want_1)
-            assert torch.equal(hyper.base_model(**inputs).logits, want_2)
+                assert torch.equal(hyper.get_base_model()(**inputs).logits, want_1)
+            assert torch.equal(hyper.get_base_model()(**inputs).logits, want_2)
             assert torch.equal(hyper(**inputs, task=torch.tensor([1, 1])).logits, want_1)  # the call's own
-        assert torch.equal(hyper.base_model(**inputs).logits, pristine)
+        assert torch.equal(hyper.get_base_model()(**inputs).logits, pristine)
 
 
 # -- gradient checkpointing: several forwards before one backward -------------------------------------
@@ -195,7 +195,7 @@ def test_checkpointing_enabled_after_a_call_still_recomputes_with_the_call_weigh
     reference = _two_forward_grads(_hyper(case), case, backward_thread=False)
     hyper = _hyper(case)
     _two_forward_grads(hyper, case, backward_thread=False)  # a call before checkpointing is switched on
-    hyper.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hyper.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     grads = _two_forward_grads(hyper, case, backward_thread=True)
     for key in reference:
         torch.testing.assert_close(grads[key], reference[key], atol=1e-6, rtol=1e-5, msg=key)
@@ -214,7 +214,7 @@ def test_after_a_call_the_base_model_is_the_pretrained_model(name):
         for batch in (2, 3):  # also a batch size the last call did not have
             inputs = case.inputs(batch, seed=5)
             want = case.output(pristine(**inputs))
-            assert torch.equal(case.output(hyper.base_model(**inputs)), want)
+            assert torch.equal(case.output(hyper.get_base_model()(**inputs)), want)
             assert torch.equal(case.output(hyper.get_base_model()(**inputs)), want)
     assert not torch.equal(conditioned, case.output(pristine(**case.inputs(2))))  # the call did condition
     for module in hyper.targeted_modules.values():
@@ -318,7 +318,7 @@ def test_conditioned_refuses_an_input_of_another_batch_size():
     hyper = _hyper(case).eval()
     with torch.no_grad(), hyper.conditioned(task=torch.tensor([0, 1])):
         with pytest.raises(ValueError, match=r"given for a batch of 2, but the input has 4 rows; .* must be 2\."):
-            hyper.base_model(**case.inputs(4))
+            hyper.get_base_model()(**case.inputs(4))
 
 
 def test_conditioned_refuses_to_train_through_reentrant_checkpointing():
@@ -329,7 +329,7 @@ def test_conditioned_refuses_to_train_through_reentrant_checkpointing():
         with hyper.conditioned(task=1):
             pass
     with torch.no_grad(), hyper.conditioned(task=1):  # inference through it is fine
-        hyper.base_model(**case.inputs(1))
+        hyper.get_base_model()(**case.inputs(1))
 
 
 def test_a_generator_closed_inside_another_block_fails_loudly():
@@ -339,7 +339,7 @@ def test_a_generator_closed_inside_another_block_fails_loudly():
 
     def stream():
         with hyper.conditioned(task=3):
-            yield hyper.base_model(**inputs).logits
+            yield hyper.get_base_model()(**inputs).logits
 
     with torch.no_grad():
         want_1 = hyper(**inputs, task=torch.tensor([1])).logits
@@ -348,7 +348,7 @@ def test_a_generator_closed_inside_another_block_fails_loudly():
         with hyper.conditioned(task=1):
             with pytest.raises(RuntimeError, match="left out of order"):
                 steps.close()
-            assert torch.equal(hyper.base_model(**inputs).logits, want_1)  # the outer block still holds
+            assert torch.equal(hyper.get_base_model()(**inputs).logits, want_1)  # the outer block still holds
 
 
 def test_eval_mode_with_reentrant_checkpointing_switched_on_keeps_the_plain_graph():
@@ -374,7 +374,7 @@ def test_generate_with_a_generation_config_merged_over_the_model_default():
 
     case = BY_NAME["llama"]
     hyper = _hyper(case).eval()
-    hyper.base_model.generation_config.num_beams = 2  # the model's default: Transformers merges it in
+    hyper.get_base_model().generation_config.num_beams = 2  # the model's default: Transformers merges it in
     inputs = {k: v for k, v in case.inputs(2, seq=4).items()}
     task = torch.tensor([0, 3])
     config = GenerationConfig(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)

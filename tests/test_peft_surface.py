@@ -56,7 +56,7 @@ def test_disable_adapter_runs_the_pretrained_model_exactly(name):
             greedy = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0}
             assert torch.equal(hyper.generate(**inputs, **greedy), plain.generate(**inputs, **greedy))
             with hyper.conditioned(task=torch.tensor([1, 3])):  # a nested block conditions again
-                assert torch.equal(hyper.base_model(**inputs).logits, conditioned)
+                assert torch.equal(hyper.get_base_model()(**inputs).logits, conditioned)
         assert torch.equal(hyper(**inputs, task=torch.tensor([1, 3])).logits, conditioned)
 
 
@@ -91,7 +91,7 @@ def test_parameter_counts_match_peft_and_the_module():
 
 def test_missing_attributes_name_the_hyper_model():
     hyper = _hyper()
-    assert hyper.config is hyper.base_model.config  # looked up on the base model
+    assert hyper.config is hyper.get_base_model().config  # looked up on the base model
     with pytest.raises(
         AttributeError, match=r"'HyperLlamaForCausalLM' object \(a hyper model around LlamaForCausalLM\)"
     ):

@@ -99,7 +99,7 @@ def test_only_the_generator_trains_and_counts_match_peft_style(capsys):
     n_base = sum(p.numel() for p in base.parameters())
     hyper = get_hyper_model(base, hyper_config(case))
     trainable, total = hyper.get_nb_trainable_parameters()
-    assert all(not p.requires_grad for p in hyper.base_model.parameters())
+    assert all(not p.requires_grad for p in hyper.get_base_model().parameters())
     generator = sum(p.numel() for m in (hyper.generator, hyper.condition_encoder) for p in m.parameters())
     assert trainable == generator and total == n_base + generator
     hyper.print_trainable_parameters()
@@ -294,13 +294,13 @@ def test_unknown_config_field_is_rejected():
 def test_modules_to_save_train_and_travel_with_the_checkpoint(trained, tmp_path):
     case = next(c for c in CASES if c.name == "bert")
     hyper = trained(case)
-    head = hyper.base_model.classifier
-    assert head.weight.requires_grad and not hyper.base_model.bert.pooler.dense.weight.requires_grad
+    head = hyper.get_base_model().classifier
+    assert head.weight.requires_grad and not hyper.get_base_model().bert.pooler.dense.weight.requires_grad
     pretrained = case.build().classifier.weight
     assert not torch.equal(head.weight, pretrained)  # it trained
     hyper.save_pretrained(tmp_path)
     reloaded = HyperModel.from_pretrained(case.build(), tmp_path)
-    assert torch.equal(reloaded.base_model.classifier.weight, head.weight)
+    assert torch.equal(reloaded.get_base_model().classifier.weight, head.weight)
     assert torch.equal(reloaded.merge_and_unload(task=0).classifier.weight, head.weight)
     with pytest.raises(ValueError, match=r"modules_to_save \['head'\] matched no module"):
         get_hyper_model(case.build(), hyper_config(case, modules_to_save=["head"]))

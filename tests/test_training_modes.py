@@ -37,7 +37,7 @@ def test_gradient_checkpointing_gives_the_same_hypernetwork_gradients(name, reen
     reference = _grads(_hyper(case), case)
     hyper = _hyper(case)
     hyper.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    assert any(getattr(m, "gradient_checkpointing", False) for m in hyper.base_model.modules())
+    assert any(getattr(m, "gradient_checkpointing", False) for m in hyper.get_base_model().modules())
     grads = _grads(hyper, case)
     assert grads.keys() == reference.keys()
     assert all(g.abs().sum() > 0 for g in reference.values())  # every part of the generator gets a gradient
@@ -80,7 +80,7 @@ def _check_bf16_training(device: str) -> None:
         )
     losses = _train_steps(hyper, device=device)
     assert losses[-1] < losses[0]
-    assert {p.dtype for p in hyper.base_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in hyper.get_base_model().parameters()} == {torch.bfloat16}
 
 
 def test_bf16_on_cpu():
@@ -126,7 +126,7 @@ def test_full_mode_follows_the_base_models_dtype_after_to():
     torch.manual_seed(0)
     hyper = get_hyper_model(case.build(), hyper_config(case))
     reference = case.build().to(torch.bfloat16)
-    hyper.base_model.to(torch.bfloat16)
+    hyper.get_base_model().to(torch.bfloat16)
     ids = torch.randint(3, 90, (2, 6))
     with torch.no_grad():
         assert torch.equal(hyper(input_ids=ids, task=torch.tensor([0, 1])).logits, reference(input_ids=ids).logits)

@@ -15,6 +15,9 @@ class HyperDataCollator:
     """Pads model inputs with `collator` (or `DataCollatorWithPadding(tokenizer)`) and stacks each condition
     column into a tensor (ids -> int64, numbers and vectors -> float32).
 
+    `repeat=k` tiles the conditions k times along the batch, for collators that make k rows of each example in
+    k blocks (TRL's preference collator: all chosen rows, then all rejected rows, so `repeat=2`).
+
     >>> collate = HyperDataCollator(["task"])
     >>> batch = collate([{"input_ids": [1, 2], "task": 0}, {"input_ids": [3, 4], "task": 2}])
     >>> batch["task"], batch["input_ids"].shape
@@ -27,12 +30,16 @@ class HyperDataCollator:
         collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
         *,
         tokenizer: Any = None,
+        repeat: int = 1,
     ) -> None:
         if isinstance(conditions, str) or not conditions:
             raise TypeError(f"conditions must be a non-empty list of column names, got {conditions!r}")
         if collator is not None and tokenizer is not None:
             raise ValueError("give either collator= or tokenizer=, not both")
+        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+            raise ValueError(f"repeat must be a positive int (rows the collator makes of each example), got {repeat!r}")
         self.conditions = list(conditions)
+        self.repeat = repeat
         self.collator = collator
         self.tokenizer = tokenizer
 
@@ -61,7 +68,8 @@ class HyperDataCollator:
             values[name] = [f.pop(name) for f in features]
         batch = dict(self._inner(features))
         for name, column in values.items():
-            batch[name] = _stack(column)
+            stacked = _stack(column)
+            batch[name] = stacked.repeat(self.repeat, *[1] * (stacked.dim() - 1)) if self.repeat > 1 else stacked
         return batch
 
 

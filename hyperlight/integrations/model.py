@@ -11,8 +11,9 @@ model afterwards. This file builds the model and runs calls; `persistence.py` sa
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +54,56 @@ def _accepted_keywords(forward: Any) -> frozenset[str] | None:
         if param.kind is not inspect.Parameter.VAR_POSITIONAL:
             names.add(param.name)
     return frozenset(names)
+
+
+class _CallBound(threading.local):
+    """The hyper model whose hooks bound the call of a replaced forward that has not yet reached
+    `HyperModel.forward` (a thread-local: both run on one thread, and torch.compile can read one)."""
+
+    hyper: nn.Module | None = None
+
+
+_CALL_BOUND = _CallBound()
+
+
+class _ReplacedForwardCalls(threading.local):
+    """The calls bound by the hooks below, innermost last (a thread-local: a call's hooks and forward run on one
+    thread, and torch.compile can read one)."""
+
+    def __init__(self) -> None:
+        self.open: list[tuple[nn.Module, ExitStack, GradientSink | None, nn.Module | None]] = []
+
+
+_REPLACED_FORWARD_CALLS = _ReplacedForwardCalls()
+
+
+def _bind_replaced_forward(hyper: HyperModel, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
+    """Forward pre-hook: when a library has replaced this instance's `forward` (TRL's fused LM head, Accelerate's
+    autocast wrapper), the replacement may never reach `HyperModel.forward`, so the call binds here, after the
+    hooks registered before it (FSDP's unsharding prepends itself) and around whatever forward runs."""
+    if "forward" not in hyper.__dict__:
+        return None  # HyperModel.forward runs and binds the call itself
+    kwargs = dict(kwargs)
+    stack = ExitStack()
+    try:
+        sink = stack.enter_context(hyper._bound_call(args, kwargs))
+    finally:  # the post-hook runs even when this raises: give it an entry to close
+        _REPLACED_FORWARD_CALLS.open.append((hyper, stack, None, _CALL_BOUND.hyper))
+    _REPLACED_FORWARD_CALLS.open[-1] = (hyper, stack, sink, _CALL_BOUND.hyper)
+    _CALL_BOUND.hyper = hyper  # if the replacement calls HyperModel.forward, that binds nothing more
+    return args, kwargs
+
+
+def _unbind_replaced_forward(hyper: HyperModel, args: tuple, output: Any) -> Any:
+    calls = _REPLACED_FORWARD_CALLS.open
+    if not calls or calls[-1][0] is not hyper:
+        return None
+    _, stack, sink, previous = calls.pop()
+    _CALL_BOUND.hyper = previous
+    stack.close()
+    if sink is not None and output is not None:
+        sink.attach(output)
+    return None
 
 
 def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
@@ -227,7 +278,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
         self._hypernetize(model, names, chosen)  # checks every target before changing any
-        self.base_model = model
+        self._base = model
         self._released = False
         self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
         for module in saved.values():
@@ -245,6 +296,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         # full mode: generated tensors take the dtype of the pretrained values (which follow .to())
         self._full_mode = config.mode == "full"
         self.__class__ = signed_class(type(self), type(model), tuple(self.condition_names))
+        self.register_forward_pre_hook(_bind_replaced_forward, with_kwargs=True)
+        self.register_forward_hook(_unbind_replaced_forward, always_call=True)
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -424,7 +477,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     def get_base_model(self) -> nn.Module:
         """The base model (as PEFT's `get_base_model`). Called directly, outside any call of this hyper model or
         `conditioned(...)` block, it computes as the pretrained model: generated weights live in calls only."""
-        return self.base_model
+        return self._base
 
     def _pop_conditions(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's conditions: its keyword arguments, or those of an enclosing `conditioned` block."""
@@ -432,25 +485,47 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         return given or dict(_BLOCK_CONDITIONS.get().get(id(self), {}))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's forward, inside the weights this call generates from its conditions."""
+        if _CALL_BOUND.hyper is self:  # a replaced forward is running, and its hooks already bound this call
+            _CALL_BOUND.hyper = None  # a nested call of this model inside the base binds afresh
+            return self._base(*args, **kwargs)
+        with self._bound_call(args, kwargs) as sink:
+            output = self._base(*args, **kwargs)
+        if sink is not None:
+            sink.attach(output)
+        return output
+
+    @contextmanager
+    def _bound_call(self, args: tuple, kwargs: dict[str, Any]) -> Iterator[GradientSink | None]:
+        """Binds one call's weights for the block, taking its conditions out of `kwargs` (changed in place); yields
+        the reentrant-checkpointing gradient sink to attach to the output, if any."""
         self.require_loaded()
         conditions = self._pop_conditions(kwargs)
         if self._adapter_disabled():
-            return self.base_model(*args, **kwargs)
+            yield None
+            return
         unknown = [k for k in kwargs if self._base_keywords is not None and k not in self._base_keywords]
         if unknown:
             raise TypeError(
                 f"unexpected keyword argument(s) {unknown}: neither a condition of this hyper model "
-                f"({self.condition_encoder.describe()}) nor an argument of {type(self.base_model).__name__}.forward"
+                f"({self.condition_encoder.describe()}) nor an argument of {type(self._base).__name__}.forward"
+            )
+        if kwargs.get("fused_lm_head") and self._output_head_targeted():
+            raise NotImplementedError(
+                "a fused LM head (TRL's trainers call the model with fused_lm_head=True) reads the output "
+                "embedding's weight directly, so it cannot use the weights this hyper model generates for it: "
+                "leave the LM head out of target_modules to train with TRL"
             )
         bind_checkpointing(self._checkpointable)  # recomputes re-enter this call's binding
         sink = None
         if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
             sink = GradientSink()  # see checkpointing.py: layers read leaf copies, flushed after backward
         with bind(self._bind(_batch_size(args, kwargs), conditions, expand=1, sink=sink)):
-            output = self.base_model(*args, **kwargs)
-        if sink is not None:
-            sink.attach(output)
-        return output
+            yield sink
+
+    def _output_head_targeted(self) -> bool:
+        head = getattr(self._base, "get_output_embeddings", lambda: None)()
+        return head is not None and any(head is m for m in self._target_modules.values())
 
     @torch.no_grad()
     def generate(self, *args: Any, **kwargs: Any) -> Any:
@@ -459,9 +534,9 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         self.require_loaded()
         conditions = self._pop_conditions(kwargs)
         if self._adapter_disabled():
-            return self.base_model.generate(*args, **kwargs)
+            return self._base.generate(*args, **kwargs)
         with bind(self._bind(_batch_size(args, kwargs), conditions, expand=self._generation_expansion(kwargs))):
-            return self.base_model.generate(*args, **kwargs)
+            return self._base.generate(*args, **kwargs)
 
     def _generation_expansion(self, kwargs: Mapping[str, Any]) -> int:
         """How many rows `generate` makes of each example: max(num_beams, num_return_sequences), as Transformers
@@ -469,7 +544,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
         A keyword wins; otherwise Transformers merges a given `generation_config` over the model's own, so the
         larger of the two counts."""
-        configs = [kwargs.get("generation_config"), getattr(self.base_model, "generation_config", None)]
+        configs = [kwargs.get("generation_config"), getattr(self._base, "generation_config", None)]
 
         def setting(name: str) -> int:
             if kwargs.get(name) is not None:
@@ -508,9 +583,9 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_model":
+            if name == "_base":
                 raise
-        base = self.base_model
+        base = self._base
         try:
             return getattr(base, name)
         except AttributeError:

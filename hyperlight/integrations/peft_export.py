@@ -77,7 +77,7 @@ def export_lora_adapter(hyper: HyperModel, directory: Path, values: Mapping[str,
         modules_to_save=list(hyper.saved_modules) or None,
         lora_dropout=config.dropout,
         base_model_name_or_path=config.base_model_name_or_path
-        or getattr(getattr(hyper.base_model, "config", None), "name_or_path", None),
+        or getattr(getattr(hyper.get_base_model(), "config", None), "name_or_path", None),
         inference_mode=True,
     )
     directory.mkdir(parents=True, exist_ok=True)

@@ -52,8 +52,8 @@ class HyperModelPersistence:
         """What a checkpoint records of the model it was trained on, checked when it is loaded."""
         return {
             "version": __version__,
-            "base_model_class": type(self.base_model).__name__,
-            "model_type": getattr(getattr(self.base_model, "config", None), "model_type", None),
+            "base_model_class": type(self._base).__name__,
+            "model_type": getattr(getattr(self._base, "config", None), "model_type", None),
             "targets": self.target_shapes,
         }
 
@@ -129,7 +129,7 @@ class HyperModelPersistence:
 
     def check_provenance(self: HyperModel, provenance: Mapping[str, Any], directory: Path) -> None:
         """Raise if a checkpoint's recorded model (type, targets, shapes) is not this one."""
-        _check_provenance(provenance, self.base_model, self.target_shapes, directory)
+        _check_provenance(provenance, self._base, self.target_shapes, directory)
 
     # -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------
 
@@ -164,7 +164,7 @@ class HyperModelPersistence:
 
     def base_state_dict(self: HyperModel) -> dict[str, Tensor]:
         """The base model's own state dict (its hypernetized targets' frozen weights included)."""
-        return self.base_model.state_dict()
+        return self._base.state_dict()
 
     def _load_hyper_state(self: HyperModel, state: Mapping[str, Tensor], *, strict: bool = True) -> Any:
         own = self.hyper_state_dict()

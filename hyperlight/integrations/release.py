@@ -55,7 +55,7 @@ class HyperModelRelease:
         return export_lora_adapter(self, Path(save_directory), self.single_condition_values(conditions))
 
     def release_base(self: HyperModel, values: Mapping[str, Tensor] | None, *, keep_trained: bool) -> nn.Module:
-        base = self.base_model
+        base = self._base
         self._detach_from_base()
         unhypernetize(base, values)
         if not keep_trained:
