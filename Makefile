@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[transformers,dev]"
+	$(PY) -m pip install -q -e ".[transformers,trl,dev]"
 	touch $@
 
 test: install

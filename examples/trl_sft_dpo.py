@@ -1,11 +1,11 @@
 """TRL's SFT, then DPO, on one hyper model with a task condition per example (offline, CPU).
 
-    python examples/trl_sft_dpo.py            # about a minute on 2 CPU cores
+    python examples/trl_sft_dpo.py            # about 20 seconds on 2 CPU cores
     python examples/trl_sft_dpo.py --quick    # a tiny setting (tests)
 
-Three tasks share one prompt format, a number word, and differ only in the answer: task 0 answers the next
-number ("three" -> "four"), task 1 the previous one ("three" -> "two"), task 2 the same one. The answer is
-only learnable from the condition, so a model that ignored it could get at most a third of the answers right.
+Three tasks share every prompt ("number three :") and differ only in the answer each wants: task 0 answers
+"red", task 1 "green", task 2 "blue". The answer is only learnable from the condition, so a model that ignored
+it could get at most a third of the answers right.
 
 1. `HyperSFTTrainer` (TRL's `SFTTrainer`, with its collator and defaults) trains the generator of a
    Llama-shaped hyper model on prompt/completion pairs with a `task` column.
@@ -25,16 +25,16 @@ import tempfile
 import torch
 
 WORDS = "one two three four five six seven eight nine ten".split()
-TASKS = {0: "next", 1: "previous", 2: "same"}
+TASKS = {0: "red", 1: "green", 2: "blue"}
 
 
 def answer(task: int, index: int) -> str:
-    return WORDS[index + {0: 1, 1: -1, 2: 0}[task]]
+    return TASKS[task]
 
 
 def examples() -> list[tuple[int, int]]:
-    """(task, index of the prompt word): every word with both neighbours."""
-    return [(task, i) for task in TASKS for i in range(1, len(WORDS) - 1)]
+    """(task, index of the prompt word): every task on every word."""
+    return [(task, i) for task in TASKS for i in range(len(WORDS))]
 
 
 def build(tokenizer, seed: int):
@@ -54,6 +54,7 @@ def build(tokenizer, seed: int):
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.sep_token_id,
             bos_token_id=tokenizer.cls_token_id,
+            initializer_range=0.2,
         )
     )
     config = HyperConfig(
@@ -128,7 +129,7 @@ def main() -> None:
                 output_dir=out,
                 per_device_train_batch_size=16,
                 learning_rate=3e-3,
-                num_train_epochs=1 if args.quick else 3,
+                num_train_epochs=1 if args.quick else 2,
                 **common,
             ),
             train_dataset=sft_data,
@@ -151,7 +152,8 @@ def main() -> None:
     for t, name in TASKS.items():
         print(f"{name:<10} {before[t]:>16.2f} {after_sft[t]:>10.2f} {after_dpo[t]:>10.2f}")
     print(f"DPO reward margin: first logged {margins[0]:.3f}, last {margins[-1]:.3f}" if margins else "")
-    print("reference model: the pretrained model inside the hyper model (no second copy):", type(dpo.ref_model).__name__)
+    reference = type(dpo.ref_model).__name__
+    print(f"reference model: the pretrained model inside the hyper model (no second copy): {reference}")
 
 
 if __name__ == "__main__":

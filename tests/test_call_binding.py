@@ -384,3 +384,73 @@ def test_generate_with_a_generation_config_merged_over_the_model_default():
             **{k: v[i : i + 1] for k, v in inputs.items()}, task=task[i : i + 1], generation_config=config
         )
         assert torch.equal(batch[i : i + 1], alone)
+
+
+# -- a forward replaced on the instance (TRL's fused LM head, Accelerate's autocast wrapper) ------------------------
+
+
+def _replace_forward(hyper: HyperModel, *, reaches_original: bool) -> None:
+    """As TRL and Accelerate do: `model.forward = MethodType(new, model)`."""
+    import types
+
+    original = hyper.forward
+
+    def replaced(self, *args, **kwargs):
+        if reaches_original:  # Accelerate: wraps and calls the original forward
+            return original(*args, **kwargs)
+        return self.get_base_model()(*args, **kwargs)  # TRL's fused head: runs the backbone itself
+
+    hyper.forward = types.MethodType(replaced, hyper)
+
+
+@pytest.mark.parametrize("reaches_original", [False, True])
+def test_a_replaced_forward_runs_inside_the_calls_binding(reaches_original):
+    case = BY_NAME["llama"]
+    hyper, reference = _hyper(case).eval(), _hyper(case).eval()
+    _replace_forward(hyper, reaches_original=reaches_original)
+    runs = []
+    hyper.generator.register_forward_hook(lambda *_: runs.append(1))
+    inputs, task = case.inputs(3), torch.tensor([0, 3, 1])
+    with torch.no_grad():
+        got = hyper(**inputs, task=task).logits
+        assert len(runs) == 1  # generated once, not again by the original forward
+        alone = torch.cat([reference(**case.inputs(3), task=task[i : i + 1]).logits[i : i + 1] for i in range(3)])
+        assert torch.allclose(got, reference(**inputs, task=task).logits, atol=1e-6)
+        assert torch.allclose(got, alone, atol=1e-5)
+        assert torch.equal(hyper.get_base_model()(**inputs).logits, case.build().eval()(**inputs).logits)
+
+
+def test_a_replaced_forward_that_fails_leaves_nothing_bound():
+    case = BY_NAME["llama"]
+    hyper = _hyper(case).eval()
+    _replace_forward(hyper, reaches_original=False)
+    inputs = case.inputs(2)
+    with torch.no_grad():
+        with pytest.raises(ValueError):
+            hyper(**inputs, task=torch.tensor([0, 9]))  # out of range: refused in the pre-hook
+        with pytest.raises(TypeError, match="missing condition"):
+            hyper(**inputs)
+        assert torch.equal(hyper.get_base_model()(**inputs).logits, case.build().eval()(**inputs).logits)
+        want = _hyper(case).eval()(**inputs, task=torch.tensor([2, 1])).logits
+        assert torch.allclose(hyper(**inputs, task=torch.tensor([2, 1])).logits, want, atol=1e-6)
+
+
+def test_a_nested_call_inside_a_replaced_forward_keeps_the_outer_weights():
+    case = BY_NAME["llama"]
+    hyper, reference = _hyper(case).eval(), _hyper(case).eval()
+    _replace_forward(hyper, reaches_original=True)
+    inputs, inner = case.inputs(2), case.inputs(1, seed=7)
+    layer = hyper.get_base_model().model.layers[0]
+    nested = []
+
+    def call_inside(*_):
+        if not nested:  # once: the nested call runs this layer too
+            nested.append(None)
+            nested[0] = hyper(**inner, task=torch.tensor([3])).logits
+
+    handle = layer.register_forward_hook(call_inside)
+    with torch.no_grad():
+        got = hyper(**inputs, task=torch.tensor([1, 2])).logits
+        handle.remove()
+        assert torch.allclose(nested[0], reference(**inner, task=torch.tensor([3])).logits, atol=1e-6)
+        assert torch.allclose(got, reference(**inputs, task=torch.tensor([1, 2])).logits, atol=1e-6)

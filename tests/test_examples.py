@@ -104,7 +104,17 @@ def test_scalar_condition_quick():
     assert "outputs for lam = 0.50 and 0.51 differ by at most" in stdout
 
 
-@pytest.mark.parametrize("script", ["demo.py", "minilm_language_task.py", "text_to_lora.py", "scalar_condition.py"])
+def test_trl_sft_dpo_quick():
+    stdout = _run([sys.executable, str(EXAMPLES / "trl_sft_dpo.py"), "--quick"])
+    rows = re.findall(r"^(red|green|blue) +([\d.]+) +([\d.]+) +([\d.]+)$", stdout, re.MULTILINE)
+    assert [r[0] for r in rows] == ["red", "green", "blue"]
+    assert re.search(r"^DPO reward margin: first logged -?[\d.]+, last -?[\d.]+$", stdout, re.MULTILINE)
+    assert "(no second copy): PretrainedReference" in stdout
+
+
+@pytest.mark.parametrize(
+    "script", ["demo.py", "minilm_language_task.py", "text_to_lora.py", "scalar_condition.py", "trl_sft_dpo.py"]
+)
 def test_examples_document_how_to_run_them(script):
     text = (EXAMPLES / script).read_text()
     assert f"python examples/{script}" in text and "--quick" in text

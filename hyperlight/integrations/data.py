@@ -37,7 +37,7 @@ class HyperDataCollator:
         if collator is not None and tokenizer is not None:
             raise ValueError("give either collator= or tokenizer=, not both")
         if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-            raise ValueError(f"repeat must be a positive int (rows the collator makes of each example), got {repeat!r}")
+            raise ValueError(f"repeat must be a positive int (the rows made of each example), got {repeat!r}")
         self.conditions = list(conditions)
         self.repeat = repeat
         self.collator = collator

@@ -67,9 +67,8 @@ class _ConditionColumns:
 class HyperSFTTrainer(_ConditionColumns, trl.SFTTrainer):
     """`trl.SFTTrainer` for a hyper model: each example is trained with the conditions in its columns.
 
-    >>> trainer = HyperSFTTrainer(model=hyper, args=SFTConfig(...), train_dataset=ds, processing_class=tok)  # doctest: +SKIP
-
-    where `ds` has TRL's text columns (`text`, `prompt`/`completion` or `messages`) and one column per condition.
+    `HyperSFTTrainer(model=hyper, args=SFTConfig(...), train_dataset=ds, processing_class=tok)`, where `ds` has
+    TRL's text columns (`text`, `prompt`/`completion` or `messages`) and one column per condition.
     """
 
     def __init__(self, model: HyperModel, args: Any = None, *rest: Any, **kwargs: Any) -> None:
@@ -84,12 +83,15 @@ class HyperDPOTrainer(_ConditionColumns, trl.DPOTrainer):
     """`trl.DPOTrainer` for a hyper model: each preference pair is scored with the conditions in its columns, and
     the reference is the pretrained model (the adapter disabled, as with PEFT), without a second copy.
 
-    >>> trainer = HyperDPOTrainer(model=hyper, args=DPOConfig(...), train_dataset=pairs, processing_class=tok)  # doctest: +SKIP
+    `HyperDPOTrainer(model=hyper, args=DPOConfig(...), train_dataset=pairs, processing_class=tok)`, where `pairs`
+    has TRL's preference columns (`prompt`, `chosen`, `rejected`) and one column per condition.
     """
 
     _rows_per_example = 2  # TRL's preference collator: chosen rows, then rejected rows
 
-    def __init__(self, model: HyperModel, ref_model: nn.Module | None = None, args: Any = None, *rest: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, model: HyperModel, ref_model: nn.Module | None = None, args: Any = None, *rest: Any, **kwargs: Any
+    ) -> None:
         hyper = _require_hyper(model, "HyperDPOTrainer")
         _refuse_packed_rows(args, "HyperDPOTrainer")
         if getattr(args, "sync_ref_model", False) and ref_model is None:
