@@ -45,6 +45,8 @@ class Size:
 SIZES = {
     "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 5),
     "tiny": Size(64, 2, 128, 4, 4, 256, 16, 4, 4, 2),
+    # issue 14's GPU column: a Llama-shaped model of realistic width in bf16 (run with --device cuda)
+    "gpu": Size(2048, 16, 5504, 16, 16, 32000, 512, 8, 32, 10),
 }
 TASKS, RANK = 8, 8
 
