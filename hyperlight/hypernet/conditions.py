@@ -6,8 +6,9 @@ from __future__ import annotations
 import keyword
 import math
 import numbers
+import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from .encoding import encode
 
-CONDITION_TYPES = ("categorical", "vector", "scalar")
+CONDITION_TYPES = ("categorical", "vector", "scalar", "text")
 _EXAMPLE = "{'task': {'type': 'categorical', 'num': 8}}"
 # the embedders live in an nn.ModuleDict keyed by condition name: its attributes cannot be keys
 _RESERVED_NAMES = frozenset(dir(nn.ModuleDict()))
@@ -57,12 +58,15 @@ def _is_real(value: Any) -> bool:
 @dataclass(frozen=True)
 class ConditionSpec:
     """One condition. `categorical`: ids in [0, num); `vector`: a (dim,) embedding; `scalar`: a number in
-    `range`, rescaled to [0, 1] and encoded with cos|sin."""
+    `range`, rescaled to [0, 1] and encoded with cos|sin; `text`: strings, embedded by a frozen sentence
+    `encoder` (a path or name; its `dim` and `fingerprint` are recorded when the model is built)."""
 
     type: str
     num: int | None = None
     dim: int | None = None
     range: tuple[float, float] | None = None
+    encoder: str | None = None
+    fingerprint: str | None = None
 
     @classmethod
     def parse(cls, name: str, spec: Mapping[str, Any] | ConditionSpec) -> ConditionSpec:
@@ -74,7 +78,7 @@ class ConditionSpec:
                 f"condition '{name}' must be a dict like {{'type': 'categorical', 'num': 8}}, "
                 f"{{'type': 'vector', 'dim': 16}} or {{'type': 'scalar', 'range': [0.0, 1.0]}}, got {spec!r}"
             )
-        fields = {"type", "num", "dim", "range"}
+        fields = {"type", "num", "dim", "range", "encoder", "fingerprint"}
         extra = sorted(set(spec) - fields, key=repr)
         if extra:
             raise ValueError(f"condition '{name}' has unknown fields {extra}; allowed are {sorted(fields)}")
@@ -99,6 +103,22 @@ class ConditionSpec:
                 if spec.get(f) is not None:
                     raise ValueError(f"condition '{name}' ({kind}) does not take '{f}'; remove it")
 
+        if kind == "text":
+            unused("num", "range")
+            encoder, fingerprint = spec.get("encoder"), spec.get("fingerprint")
+            if isinstance(encoder, os.PathLike):
+                encoder = os.fspath(encoder)
+            if not isinstance(encoder, str) or not encoder:
+                raise ValueError(
+                    f"condition '{name}' (text) needs 'encoder': the path or name of a Transformers sentence "
+                    f"encoder, got {encoder!r}; e.g. {{'type': 'text', 'encoder': 'path/to/all-MiniLM-L6-v2'}}"
+                )
+            if fingerprint is not None and not isinstance(fingerprint, str):
+                raise ValueError(f"condition '{name}' (text): 'fingerprint' must be a str, got {fingerprint!r}")
+            return cls(
+                kind, dim=None if dim is None else positive(dim, "dim"), encoder=encoder, fingerprint=fingerprint
+            )
+        unused("encoder", "fingerprint")
         if kind == "categorical":
             unused("dim", "range")
             return cls(kind, num=positive(num, "num"))
@@ -151,7 +171,12 @@ class ConditionEncoder(nn.Module):
     stay distinguishable and unseen combinations are meaningful).
     """
 
-    def __init__(self, conditions: Mapping[str, Mapping[str, Any] | ConditionSpec], embedding_dim: int) -> None:
+    def __init__(
+        self,
+        conditions: Mapping[str, Mapping[str, Any] | ConditionSpec],
+        embedding_dim: int,
+        text_encoders: Mapping[str, Callable[[list[str]], Tensor]] | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(conditions, Mapping):
             raise TypeError(f"conditions must be a dict of {{name: spec}}, e.g. {_EXAMPLE}, got {conditions!r}")
@@ -162,12 +187,22 @@ class ConditionEncoder(nn.Module):
         embedding_dim = int(embedding_dim)
         self.specs = {name: ConditionSpec.parse(name, spec) for name, spec in conditions.items()}
         self.embedding_dim = embedding_dim
+        # text -> (n, dim) embeddings, frozen and not part of this module's state (not trained, not saved)
+        self.text_encoders = dict(text_encoders or {})
         self.embedders = nn.ModuleDict()
         for name, spec in self.specs.items():
             if spec.type == "categorical":
                 emb = nn.Embedding(spec.num, embedding_dim)
                 nn.init.normal_(emb.weight, std=1.0)
                 self.embedders[name] = emb
+            elif spec.type == "text":
+                dim = spec.dim if spec.dim is not None else getattr(self.text_encoders.get(name), "dim", None)
+                if dim is None:
+                    raise ValueError(
+                        f"text condition '{name}' has no 'dim' and no encoder to read it from; build it through "
+                        "get_hyper_model (which loads the encoder) or give text_encoders={name: encoder}"
+                    )
+                self.embedders[name] = nn.Linear(dim, embedding_dim)
             else:
                 self.embedders[name] = nn.Linear(spec.dim if spec.type == "vector" else 2, embedding_dim)
         self.out_features = embedding_dim * len(self.specs)
@@ -193,7 +228,12 @@ class ConditionEncoder(nn.Module):
                 "one value per example"
             )
         device = next(self.parameters()).device
-        checked = {name: self._check_one(name, spec, values[name], device) for name, spec in self.specs.items()}
+        checked = {
+            name: self._embed_text(name, spec, values[name], device)
+            if spec.type == "text"
+            else self._check_one(name, spec, values[name], device)
+            for name, spec in self.specs.items()
+        }
         sizes = {name: t.shape[0] for name, t in checked.items()}
         batch = batch_size if batch_size is not None else max(sizes.values())
         for name, t in checked.items():
@@ -208,6 +248,28 @@ class ConditionEncoder(nn.Module):
 
     def describe(self) -> str:
         return ", ".join(f"{n} ({s.type})" for n, s in self.specs.items())
+
+    def _embed_text(self, name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:
+        """A text condition's strings (one, or one per example) as `(B, dim)` embeddings."""
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise TypeError(
+                f"condition '{name}' is text: expected a str (one for all examples) or a list of str (one per "
+                f"example), got {_describe(value)}"
+            )
+        encoder = self.text_encoders.get(name)
+        if encoder is None:
+            raise RuntimeError(
+                f"text condition '{name}' has no sentence encoder attached (expected {spec.encoder!r}); load the "
+                "model with HyperModel.from_pretrained(..., encoder=PATH) or get_hyper_model, which attach it"
+            )
+        embedded = encoder(list(texts)).to(device=device, dtype=torch.float32)
+        if embedded.shape != (len(texts), spec.dim):
+            raise ValueError(
+                f"the encoder of text condition '{name}' returned shape {tuple(embedded.shape)}, expected "
+                f"({len(texts)}, {spec.dim})"
+            )
+        return embedded
 
     @staticmethod
     def _check_one(name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:
@@ -266,7 +328,7 @@ class ConditionEncoder(nn.Module):
             embedder = self.embedders[name]
             if spec.type == "categorical":
                 parts.append(embedder(value))
-            elif spec.type == "vector":
+            elif spec.type in ("vector", "text"):
                 parts.append(embedder(value.to(embedder.weight.dtype)))
             else:
                 lo, hi = spec.range

@@ -8,3 +8,4 @@ from .data import mixing_weights as mixing_weights
 from .data import temperature_mixture as temperature_mixture
 from .model import HyperModel as HyperModel
 from .model import get_hyper_model as get_hyper_model
+from .text import SentenceEncoder as SentenceEncoder

@@ -13,7 +13,7 @@ from torch.utils.data import Sampler
 
 class HyperDataCollator:
     """Pads model inputs with `collator` (or `DataCollatorWithPadding(tokenizer)`) and stacks each condition
-    column into a tensor (ids -> int64, numbers and vectors -> float32).
+    column into a tensor (ids -> int64, numbers and vectors -> float32); text columns stay lists of str.
 
     `repeat=k` tiles the conditions k times along the batch, for collators that make k rows of each example in
     k blocks (TRL's preference collator: all chosen rows, then all rejected rows, so `repeat=2`).
@@ -69,11 +69,19 @@ class HyperDataCollator:
         batch = dict(self._inner(features))
         for name, column in values.items():
             stacked = _stack(column)
-            batch[name] = stacked.repeat(self.repeat, *[1] * (stacked.dim() - 1)) if self.repeat > 1 else stacked
+            if self.repeat > 1:
+                stacked = (
+                    stacked * self.repeat
+                    if isinstance(stacked, list)
+                    else stacked.repeat(self.repeat, *[1] * (stacked.dim() - 1))
+                )
+            batch[name] = stacked
         return batch
 
 
-def _stack(column: list[Any]) -> torch.Tensor:
+def _stack(column: list[Any]) -> torch.Tensor | list[str]:
+    if all(isinstance(v, str) for v in column):
+        return list(column)  # a text condition: its strings, embedded by the model's sentence encoder
     if all(isinstance(v, torch.Tensor) for v in column):
         return torch.stack(column)
     tensor = torch.as_tensor(column)

@@ -10,6 +10,7 @@ model afterwards. This file builds the model and runs calls; `persistence.py` sa
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,7 @@ from .persistence import HyperModelPersistence
 from .release import HyperModelRelease
 from .selection import layer_index, type_key
 from .signature import forward_signature, signed_class
+from .text import resolve_text_encoders, text_condition_names
 
 # the conditions of the enclosing `conditioned(...)` blocks, per hyper model: the default of calls that give none
 _BLOCK_CONDITIONS: ContextVar[Mapping[int, dict[str, Any]]] = ContextVar(
@@ -201,11 +203,14 @@ def plan_targets(
 
 
 def build_generator(
-    config: HyperConfig, targets: list[GeneratorTarget], device: torch.device | str
+    config: HyperConfig,
+    targets: list[GeneratorTarget],
+    device: torch.device | str,
+    text_encoders: Mapping[str, Any] | None = None,
 ) -> tuple[ConditionEncoder, nn.Module]:
     """The condition encoder and generator a config describes for `targets` (on the meta device: sizes only)."""
     with torch.device(device):
-        encoder = ConditionEncoder(config.conditions, config.condition_dim)
+        encoder = ConditionEncoder(config.conditions, config.condition_dim, text_encoders)
         if config.generator == "shared":
             generator: nn.Module = SharedGenerator(
                 targets,
@@ -251,7 +256,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     call's weights. Called directly, outside any call, `base_model` computes as the pretrained model.
     """
 
-    def __init__(self, model: nn.Module, config: HyperConfig) -> None:
+    def __init__(self, model: nn.Module, config: HyperConfig, *, encoder: Any = None) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(
@@ -261,6 +266,11 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
             raise TypeError(f"config must be a HyperConfig, got {type(config).__name__}")
         if any(isinstance(m, HyperModule) for m in model.modules()):
             raise ValueError("this model already has externals (is it a HyperModel's base already?); load a fresh one")
+        text_encoders: dict[str, Any] = {}
+        if text_condition_names(config.conditions) or encoder is not None:
+            # text conditions: load each sentence encoder, and record its dim and fingerprint in (a copy of) config
+            resolved, text_encoders = resolve_text_encoders(config.conditions, encoder)
+            config = dataclasses.replace(config, conditions=resolved)
         self.hyper_config = config
         # every check runs before the model changes, so a bad config leaves it untouched
         names = config.matched_modules(model)
@@ -274,7 +284,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         pretrained = {f"{n}.{p}": modules[n]._parameters[p].detach() for n, ps in chosen.items() for p in ps}
         targets = plan_targets(model, config, names, chosen, values=pretrained if chosen else None)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.condition_encoder, self.generator = build_generator(config, targets, device)
+        self.condition_encoder, self.generator = build_generator(config, targets, device, text_encoders)
 
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
         self._hypernetize(model, names, chosen)  # checks every target before changing any
@@ -595,7 +605,7 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
             ) from None
 
 
-def get_hyper_model(model: nn.Module, config: HyperConfig) -> HyperModel:
+def get_hyper_model(model: nn.Module, config: HyperConfig, *, encoder: Any = None) -> HyperModel:
     """Turn a pretrained model into a conditioned one, as `peft.get_peft_model` does for adapters.
 
     >>> import torch
@@ -607,5 +617,8 @@ def get_hyper_model(model: nn.Module, config: HyperConfig) -> HyperModel:
     ...     conditions={"task": {"type": "categorical", "num": 4}}, rank=4))
     >>> hyper(input_ids=torch.randint(64, (2, 5)), task=torch.tensor([0, 3])).logits.shape
     torch.Size([2, 5, 64])
+
+    Text conditions (`{"type": "text", "encoder": PATH}`) load their sentence encoder from PATH, or take
+    `encoder=` (a path or `SentenceEncoder`, or a dict of them by condition name).
     """
-    return HyperModel(model, config)
+    return HyperModel(model, config, encoder=encoder)

@@ -77,7 +77,9 @@ class HyperModelPersistence:
         return {**self.hyper_config.to_dict(), "hyperlight": self.fingerprint()}
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False) -> HyperModel:
+    def from_pretrained(
+        cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False, encoder: Any = None
+    ) -> HyperModel:
         """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory or a
         `Trainer` checkpoint directory (whose `model.safetensors` holds the hyper weights and config).
 
@@ -87,6 +89,9 @@ class HyperModelPersistence:
         must select the same, evaluated with a time bound). The tensors are then verified against the digest
         recorded at save and must be finite. Any failure raises naming the file and leaves `model` exactly as it
         was. With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
+
+        Text conditions load the sentence encoder the checkpoint records (its path or name) and check its
+        fingerprint; `encoder=PATH` (or a dict by condition name) gives it where it moved.
         """
         from .model import expected_state_shapes
 
@@ -112,9 +117,10 @@ class HyperModelPersistence:
         except (TypeError, ValueError, KeyError, OverflowError, RecursionError, RuntimeError) as error:
             raise CheckpointError(f"{where}: {str(error)[:1000]}") from None
 
-        hyper = cls(model, build_config)
+        hyper = cls(model, build_config, encoder=encoder)
         try:
-            hyper.hyper_config = config
+            # the config as saved (its target pattern), with the text encoders as resolved (where they were found)
+            hyper.hyper_config = dataclasses.replace(config, conditions=hyper.hyper_config.conditions)
             hyper.check_provenance(provenance, directory)
             state = header.load()
             state.pop(CONFIG_KEY, None)
