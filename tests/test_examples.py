@@ -112,8 +112,25 @@ def test_trl_sft_dpo_quick():
     assert "(no second copy): PretrainedReference" in stdout
 
 
+def test_distill_adapters_quick(tmp_path):
+    stdout = _run([sys.executable, str(EXAMPLES / "distill_adapters.py"), "--quick", "--out", str(tmp_path)])
+    assert re.search(r"^Distilled 5 adapter\(s\)", stdout, re.MULTILINE)
+    rows = re.findall(r"^(copy|reverse|sort|shift|upper) +((?:\d+% +){4}\d+%)$", stdout, re.MULTILINE)
+    assert [r[0] for r in rows] == ["copy", "reverse", "sort", "shift", "upper"]
+    assert (tmp_path / "distill.png").stat().st_size > 0
+    assert (tmp_path / "distilled" / "hyper_config.json").exists()
+
+
 @pytest.mark.parametrize(
-    "script", ["demo.py", "minilm_language_task.py", "text_to_lora.py", "scalar_condition.py", "trl_sft_dpo.py"]
+    "script",
+    [
+        "demo.py",
+        "minilm_language_task.py",
+        "text_to_lora.py",
+        "scalar_condition.py",
+        "trl_sft_dpo.py",
+        "distill_adapters.py",
+    ],
 )
 def test_examples_document_how_to_run_them(script):
     text = (EXAMPLES / script).read_text()
