@@ -220,7 +220,14 @@ def _check_lowrank_target(module: nn.Module, prefix: str, names: list[str]) -> N
         raise ValueError(f"low-rank externals attach to a layer's weight; {where} was selected without it")
 
 
-def _add_lowrank(module: nn.Module, rank: int, alpha: float | None, dropout: float) -> dict[str, Tensor]:
+def _add_lowrank(
+    module: nn.Module, rank: int, alpha: float | None, dropout: float, *, freeze: bool
+) -> dict[str, Tensor]:
+    own = {n: p for n, p in module._parameters.items() if p is not None}
+    module.__dict__["_hl_lowrank_requires_grad"] = {n: p.requires_grad for n, p in own.items()}  # for the way back
+    if freeze:
+        for p in own.values():
+            p.requires_grad_(False)
     spec = linear_like(module)
     fan_in, fan_out = spec.in_features(module), spec.out_features(module)
     _swap_class(module, "lowrank")
@@ -255,6 +262,7 @@ def hypernetize(
     keep_original: bool = True,
     convert_root: bool = True,
     unset: str = "raise",
+    freeze: bool | None = None,
 ) -> Any:
     """Turn the parameters of `modules` (all parameters below each one) and `parameters` into externals.
 
@@ -276,6 +284,9 @@ def hypernetize(
         unset: what a converted module does when a call reads it with no value set or bound: `"raise"`
             (`UninitializedExternalError`, the default) or `"original"`: compute as the pretrained module
             (full externals read the kept pretrained values; low-rank layers skip their update).
+        freeze: with `rank`, freeze the adapted layers' own parameters (`requires_grad=False`, as PEFT does),
+            so an optimizer over `model.parameters()` trains only what generates the update; the default.
+            `freeze=False` keeps them trainable. `unhypernetize` gives back the flags they had.
 
     >>> from torch import nn
     >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -291,6 +302,11 @@ def hypernetize(
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if unset not in UNSET_POLICIES:
         raise ValueError(f"unset must be one of {list(UNSET_POLICIES)}, got {unset!r}")
+    if freeze is not None and rank is None:
+        raise ValueError(
+            "freeze applies to low-rank externals (rank=...): full externals replace the selected parameters, "
+            "which then are not trained as parameters at all; remove freeze="
+        )
     if unset == "original" and rank is None and not keep_original:
         raise ValueError("unset='original' reads the pretrained values, so it needs keep_original=True")
     plan = _select(model, modules, parameters)
@@ -314,7 +330,7 @@ def hypernetize(
             tied = {n: ties[_full(prefix, n)] for n in names if _full(prefix, n) in ties}
             created = _externalize(module, names, keep_original=keep_original, detached=detached, tied=tied)
         else:
-            created = _add_lowrank(module, rank, alpha, dropout)
+            created = _add_lowrank(module, rank, alpha, dropout, freeze=freeze is not False)
         module.__dict__["_hl_unset"] = unset
         module.__dict__["_external_prefix"] = f"{prefix}." if prefix else ""  # full names in messages
         values.update({_full(prefix, n): v for n, v in created.items()})
@@ -437,6 +453,9 @@ def _restore(
         if a_name in given:
             merged = merged_lowrank_weight(module, given[a_name], given[b_name])
             module.weight = nn.Parameter(merged, requires_grad=module.weight.requires_grad)
+        for name, flag in module.__dict__.pop("_hl_lowrank_requires_grad", {}).items():
+            if module._parameters.get(name) is not None:
+                module._parameters[name].requires_grad_(flag)
         for key in ("lora_scaling", "lora_dropout"):
             module.__dict__.pop(key, None)
     else:

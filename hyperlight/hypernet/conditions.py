@@ -215,6 +215,8 @@ class ConditionEncoder(nn.Module):
         """Validate `values` (one per example, or one for the whole batch) and return them as `(B, ...)` tensors."""
         if batch_size is not None and (not _is_int(batch_size) or batch_size < 0):
             raise ValueError(f"batch_size must be None or a non-negative int, got {batch_size!r}")
+        # a categorical condition with a single value (the unconditioned baseline) need not be given
+        values = {**{n: 0 for n, s in self.specs.items() if s.type == "categorical" and s.num == 1}, **values}
         missing = [n for n in self.specs if n not in values]
         extra = [n for n in values if n not in self.specs]
         if missing or extra:
