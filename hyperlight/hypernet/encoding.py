@@ -41,10 +41,17 @@ def encode(x: Tensor, encoding: str | None) -> Tensor:
     raise ValueError(f"encoding must be one of {list(ENCODINGS)}, got {encoding!r}")
 
 
-def warn_outside_range(name: str, encoding: str) -> None:
+def warn_outside_range(name: str, encoding: str, *, integer: bool = False) -> None:
+    hint = (
+        f" '{name}' holds integers: if they are ids (a task index), declare them as a categorical condition, "
+        f"HyperNet(conditions={{'{name}': {{'type': 'categorical', 'num': N}}}}, output_shapes=...), which learns "
+        "an embedding per id instead of reading the id as a number."
+        if integer
+        else ""
+    )
     warnings.warn(
         f"HyperNet input outside [0, 1] for encoding '{encoding}' (in {name}); the encoding is meant for inputs "
-        "scaled to [0, 1] (rescale them, or use encoding=None). This warning is shown once per HyperNet.",
+        "scaled to [0, 1] (rescale them, or use encoding=None). This warning is shown once per HyperNet." + hint,
         UserWarning,
         stacklevel=3,
     )
