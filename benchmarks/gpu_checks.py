@@ -115,10 +115,14 @@ def main() -> None:
             warnings.simplefilter("always")
             if DEVICE == "cuda":
                 torch.cuda.set_sync_debug_mode("warn")
-            model(**x, task=task)
+            model(input_ids=x["input_ids"], task=task)  # no attention mask: Transformers' masking syncs on one
             if DEVICE == "cuda":
                 torch.cuda.set_sync_debug_mode(0)
-    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    syncs = [  # PyTorch's notice that the debug mode is a prototype is not a synchronisation
+        str(w.message).splitlines()[0]
+        for w in caught
+        if "synchroniz" in str(w.message) and "prototype" not in str(w.message)
+    ]
     print(f"info host synchronisations in one forward: {len(syncs)}", *sorted(set(syncs))[:5], sep="\n  ")
     sys.exit(1 if FAILED else 0)
 

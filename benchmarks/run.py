@@ -45,6 +45,9 @@ class Size:
 SIZES = {
     "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 5),
     "tiny": Size(64, 2, 128, 4, 4, 256, 16, 4, 4, 2),
+    # the small and the larger shape of the overhead table (issue 14)
+    "small": Size(256, 4, 688, 4, 4, 2000, 64, 8, 16, 15),
+    "large": Size(1024, 4, 2752, 8, 8, 2000, 128, 8, 16, 5),
     # issue 14's GPU column: a Llama-shaped model of realistic width in bf16 (run with --device cuda)
     "gpu": Size(2048, 16, 5504, 16, 16, 32000, 512, 8, 32, 10),
 }
@@ -113,6 +116,30 @@ def row(name: str, ours: float, theirs: float, target: str, unit: str = "s") -> 
     }
 
 
+def overhead_row(name: str, ours: float, theirs: float, base: float, target: str) -> dict[str, str]:
+    """What each method costs above the frozen base model (the floor every adapter method pays)."""
+    return {
+        "what": f"{name}, above the base ({base:.3f} s)",
+        "hyperlight": f"+{(ours - base) * 1000:.1f} ms",
+        "peft / base": f"+{(theirs - base) * 1000:.1f} ms",
+        "ratio": f"{(ours - base) / (theirs - base):.2f}" if theirs > base else "-",
+        "target": target,
+    }
+
+
+def frozen_base_step(model, autocast, ids):
+    """The base model's share of a training step: its forward, and its backward to the activations (the
+    embeddings' output requires grad, so the backward walks every layer as an adapter's would)."""
+    model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_())
+
+    def step():
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+
+    return step
+
+
 def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, str]]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
@@ -136,23 +163,31 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
 
     for m in (hyper, peft1):
         m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    base = llama(size, device=device).requires_grad_(False).train()
     t_h = median_time(lambda: train_step(hyper, task=tasks), size.repeats, sync)
     t_p = median_time(lambda: train_step(peft1), size.repeats, sync)
+    t_b = median_time(frozen_base_step(base, autocast, ids), size.repeats, sync)
     rows.append(row("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", t_h, t_p, "<= 1.15"))
-    hyper = peft1 = None  # free the training models before building the inference ones  # noqa: F841
+    rows.append(overhead_row("training step", t_h, t_p, t_b, "<= 1.0"))
+    hyper = peft1 = base = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
     hyper = hyper_model(llama(size, device=device, dtype=dtype)).eval()
     peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
+    plain = llama(size, device=device, dtype=dtype)
     with torch.no_grad():
         t_h = median_time(lambda: hyper(input_ids=ids, task=tasks), size.repeats, sync)
         t_p = median_time(lambda: peft8(input_ids=ids, adapter_names=names), size.repeats, sync)
+        t_b = median_time(lambda: plain(input_ids=ids), size.repeats, sync)
         rows.append(row("mixed-task forward (PEFT: 8 adapters, adapter_names)", t_h, t_p, "<= 1.0"))
+        rows.append(overhead_row("mixed-task forward", t_h, t_p, t_b, "<= 0.3"))
         gen = {"max_new_tokens": size.new_tokens, "min_new_tokens": size.new_tokens, "do_sample": False}
         prompt = ids[:, : size.seq // 2]
         t_h = median_time(lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), size.repeats, sync)
         t_p = median_time(lambda: peft8.generate(input_ids=prompt, adapter_names=names, **gen), size.repeats, sync)
+        t_b = median_time(lambda: plain.generate(input_ids=prompt, **gen), size.repeats, sync)
         rows.append(row(f"mixed-task generate, {size.new_tokens} new tokens greedy", t_h, t_p, "<= 1.0"))
+        rows.append(overhead_row("mixed-task generate", t_h, t_p, t_b, "<= 1.0"))
 
         # 4. weights are generated once per distinct condition, and once per generate call
         def per_step_generation():  # what a wrapper without the cache does: run the generator at every step
@@ -199,7 +234,6 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
 
         # 5. merged model vs the plain base model
         merged = hyper.merge_and_unload(task=2)
-        plain = llama(size, device=device, dtype=dtype)
         t_m = median_time(lambda: merged(input_ids=ids), size.repeats, sync)
         t_b = median_time(lambda: plain(input_ids=ids), size.repeats, sync)
         rows.append(row("merge_and_unload(task=2) forward vs the base model", t_m, t_b, "1.00 ± noise"))
@@ -295,7 +329,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--size", choices=sorted(SIZES), default="default", help="small, default, large: issue 14's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "size", "memory"])
     parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)

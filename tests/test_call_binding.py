@@ -454,3 +454,45 @@ def test_a_nested_call_inside_a_replaced_forward_keeps_the_outer_weights():
         handle.remove()
         assert torch.allclose(nested[0], reference(**inner, task=torch.tensor([3])).logits, atol=1e-6)
         assert torch.allclose(got, reference(**inputs, task=torch.tensor([1, 2])).logits, atol=1e-6)
+
+
+# -- the accelerator path: no host synchronisation, the same weights ------------------------------------------------
+
+
+def _per_row(weights: dict, batch: int | None, rows: int) -> dict:
+    """Every target's tensors with one row per example (shared weights repeated)."""
+    return {
+        (target, name): value.expand(rows, *value.shape) if batch is None else value
+        for target, tensors in weights.items()
+        for name, value in tensors.items()
+    }
+
+
+@pytest.mark.parametrize("tasks", [[2], [1, 1, 1, 1], [0, 3, 1, 3], [0, 1, 2, 3, 0, 1]])
+def test_generation_without_host_sync_gives_the_weights_of_the_deduplicating_path(tasks):
+    """On an accelerator `_generate` takes `_generate_without_sync` (no torch.unique); run both here and compare."""
+    hyper = _hyper(BY_NAME["llama"]).eval()
+    rows = len(tasks) if len(tasks) > 1 else 4
+    given = torch.tensor(tasks)
+    with torch.no_grad():
+        want, want_batch = hyper._generate(rows, {"task": given})
+        got, got_batch = hyper._generate_without_sync(hyper.condition_encoder.check({"task": given}, rows), rows)
+    want, got_rows = _per_row(want, want_batch, rows), _per_row(got, got_batch, rows)
+    assert want.keys() == got_rows.keys()
+    assert all(torch.allclose(got_rows[k], want[k], atol=1e-6) for k in want)
+    assert (got_batch is None) == (len(tasks) == 1)  # a single value given: one shared row, as on the CPU
+
+
+def test_generation_without_host_sync_generates_each_row_for_non_categorical_conditions():
+    config = {"conditions": {"task": {"type": "categorical", "num": 4}, "mix": {"type": "scalar"}}}
+    hyper = _hyper(BY_NAME["llama"], **config).eval()
+    values = {"task": torch.tensor([0, 1, 0]), "mix": torch.tensor([0.1, 0.2, 0.1])}
+    rows = []
+    hyper.generator.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        want, _ = hyper._generate(3, values)
+        got, _ = hyper._generate_without_sync(hyper.condition_encoder.check(values, 3), 3)
+    assert rows == [2, 3]  # deduplicated on the CPU; every row without reading values back
+    for target in want:
+        for name in want[target]:
+            assert torch.allclose(got[target][name], want[target][name], atol=1e-6)

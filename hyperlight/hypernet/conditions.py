@@ -287,10 +287,12 @@ class ConditionEncoder(nn.Module):
                     f"condition '{name}' is categorical: expected shape (B,) of ids, got {tuple(t.shape)}"
                 )
             t = t.reshape(-1).long()
-            if t.numel() and not torch.compiler.is_compiling() and (int(t.min()) < 0 or int(t.max()) >= spec.num):
-                raise ValueError(
-                    f"condition '{name}' out of range: expected ids in [0, {spec.num}), got {t.tolist()[:16]}"
-                )
+            if t.numel() and not torch.compiler.is_compiling():
+                message = f"condition '{name}' out of range: expected ids in [0, {spec.num})"
+                if _checked_on_device(t, (t >= 0) & (t < spec.num), message):
+                    return t
+                if int(t.min()) < 0 or int(t.max()) >= spec.num:
+                    raise ValueError(f"{message}, got {t.tolist()[:16]}")
             return t
         if t.is_complex() or t.dtype == torch.bool:
             kind = "a scalar" if spec.type == "scalar" else f"a vector of dim {spec.dim}"
@@ -304,22 +306,24 @@ class ConditionEncoder(nn.Module):
                     f"condition '{name}' is a vector of dim {spec.dim}: expected shape (B, {spec.dim}) or "
                     f"({spec.dim},), got {tuple(t.shape)}"
                 )
-            if not torch.compiler.is_compiling() and not torch.isfinite(t).all():
-                raise ValueError(f"condition '{name}' holds non-finite values")
+            if not torch.compiler.is_compiling() and not _checked_on_device(
+                t, torch.isfinite(t), f"condition '{name}' holds non-finite values"
+            ):
+                if not torch.isfinite(t).all():
+                    raise ValueError(f"condition '{name}' holds non-finite values")
             return t
         if t.dim() > 1:
             raise ValueError(f"condition '{name}' is a scalar: expected shape (B,) or (), got {tuple(t.shape)}")
         t = t.reshape(-1)
         lo, hi = spec.range
         # inclusive at both ends for values that round-trip through float32 (the dtype they are checked in)
-        if (
-            t.numel()
-            and not torch.compiler.is_compiling()
-            and (not torch.isfinite(t).all() or float(t.min()) < _float32(lo) or float(t.max()) > _float32(hi))
-        ):
-            raise ValueError(
-                f"condition '{name}' out of range: expected values in [{lo}, {hi}], got {t.tolist()[:16]}"
-            )
+        if t.numel() and not torch.compiler.is_compiling():
+            message = f"condition '{name}' out of range: expected values in [{lo}, {hi}]"
+            inside = torch.isfinite(t) & (t >= _float32(lo)) & (t <= _float32(hi))
+            if _checked_on_device(t, inside, message):
+                return t
+            if not torch.isfinite(t).all() or float(t.min()) < _float32(lo) or float(t.max()) > _float32(hi):
+                raise ValueError(f"{message}, got {t.tolist()[:16]}")
         return t
 
     def forward(self, checked: Mapping[str, Tensor]) -> Tensor:
@@ -337,6 +341,16 @@ class ConditionEncoder(nn.Module):
                 unit = ((value - lo) / (hi - lo)).unsqueeze(-1).to(embedder.weight.dtype)  # (B, 1) in [0, 1]
                 parts.append(embedder(encode(unit, "cos|sin")))
         return torch.cat(parts, dim=-1)
+
+
+def _checked_on_device(t: Tensor, ok: Tensor, message: str) -> bool:
+    """On an accelerator, check `ok.all()` without reading it back (no host synchronisation): a failure stops the
+    program at its next synchronisation with `message` (a device-side assertion). True when checked so; on the
+    CPU, where reading values costs nothing, False: the caller checks and raises with the values shown."""
+    if t.device.type == "cpu":
+        return False
+    torch._assert_async(ok.all(), message)
+    return True
 
 
 def _as_tensor(name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -391,6 +392,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
             # under torch.compile: no data-dependent shapes, so changing conditions never recompile;
             # with conditions that require grad: no deduplication, every row gets its own gradient
             return self._cast(self.generator(self.condition_encoder(checked)), None), rows
+        if next(iter(checked.values())).device.type != "cpu":
+            return self._generate_without_sync(checked, rows)
         keys = torch.cat([v.reshape(v.shape[0], -1).to(torch.float64) for v in checked.values()], dim=1)  # (B, K)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         if unique.shape[0] == keys.shape[0] > 1:  # all rows distinct: generate in batch order, nothing to gather
@@ -400,6 +403,28 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         if unique.shape[0] == 1:
             return self._cast(self.generator(z), 0), None  # one condition: shared weights
         return self._cast(self.generator(z), inverse), rows  # (U, ...) -> (B, ...)
+
+    def _generate_without_sync(
+        self, checked: Mapping[str, Tensor], rows: int
+    ) -> tuple[dict[str, dict[str, Tensor]], int | None]:
+        """`_generate` on an accelerator, where finding the distinct rows (`torch.unique`) would make the host wait
+        for the device. What is known without reading values decides instead: one value given for the whole batch
+        (an expanded tensor, stride 0) -> one generator row, shared; only categorical conditions with at most B
+        combinations -> every combination once, each row indexing its own; otherwise every row is generated."""
+        if all(v.shape[0] == 1 or v.stride(0) == 0 for v in checked.values()):
+            z = self.condition_encoder({k: v[:1] for k, v in checked.items()})
+            return self._cast(self.generator(z), 0), None
+        specs = self.condition_encoder.specs
+        sizes = [specs[k].num if specs[k].type == "categorical" else None for k in checked]
+        if None in sizes or math.prod(sizes) > rows:
+            return self._cast(self.generator(self.condition_encoder(checked)), None), rows
+        device = next(iter(checked.values())).device
+        grids = torch.meshgrid(*[torch.arange(n, device=device) for n in sizes], indexing="ij")
+        table = {k: g.reshape(-1) for k, g in zip(checked, grids)}  # every combination, in row-major order
+        index = torch.zeros(rows, dtype=torch.long, device=device)
+        for k, n in zip(checked, sizes):
+            index = index * n + checked[k]
+        return self._cast(self.generator(self.condition_encoder(table)), index), rows
 
     def _cast(
         self, generated: dict[str, dict[str, Tensor]], pick: Tensor | int | None
