@@ -409,14 +409,15 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
     ) -> tuple[dict[str, dict[str, Tensor]], int | None]:
         """`_generate` on an accelerator, where finding the distinct rows (`torch.unique`) would make the host wait
         for the device. What is known without reading values decides instead: one value given for the whole batch
-        (an expanded tensor, stride 0) -> one generator row, shared; only categorical conditions with at most B
-        combinations -> every combination once, each row indexing its own; otherwise every row is generated."""
+        (an expanded tensor, stride 0) -> one generator row, shared; only categorical conditions with fewer than B
+        combinations -> every combination once, each row indexing its own; otherwise every row is generated (no
+        gathers: as cheap as the table when it would have as many rows)."""
         if all(v.shape[0] == 1 or v.stride(0) == 0 for v in checked.values()):
             z = self.condition_encoder({k: v[:1] for k, v in checked.items()})
             return self._cast(self.generator(z), 0), None
         specs = self.condition_encoder.specs
         sizes = [specs[k].num if specs[k].type == "categorical" else None for k in checked]
-        if None in sizes or math.prod(sizes) > rows:
+        if None in sizes or math.prod(sizes) >= rows:  # no fewer rows than the batch: generate it as it is
             return self._cast(self.generator(self.condition_encoder(checked)), None), rows
         device = next(iter(checked.values())).device
         grids = torch.meshgrid(*[torch.arange(n, device=device) for n in sizes], indexing="ij")
