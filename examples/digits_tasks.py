@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperlight import HyperConfig, get_hyper_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mip_ablation import load_digits_split  # noqa: E402  (the same digits and split as the MIP ablation)
 
 TASKS = {  # name -> (labels from the digit, number of classes)
     "digit": (lambda d: d, 10),
@@ -83,18 +87,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-def load_digits_split(seed: int = 0, test: int = 497) -> tuple[torch.Tensor, ...]:
-    """scikit-learn's 1,797 8x8 digits, pixels scaled to [0, 1], split once into train / test."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    train, held = order[test:], order[:test]
-    return x[train], y[train], x[held], y[held]
 
 
 def transform(x: torch.Tensor, domain: int) -> torch.Tensor:
