@@ -93,16 +93,20 @@ def peft_model(base, adapters: int = 1, targets: list[str] = TARGETS):
     return model
 
 
-def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median_times(fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> list[float]:
+    """Median times of several functions timed in turn within each repeat (A, B, C, A, B, C, ...), so that a
+    machine's drift (frequency, other load) reaches every side alike; side by side, as the ratios need."""
+    for fn in fns:  # warm-up
         fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    sync()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            sync()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def row(name: str, ours: float, theirs: float, target: str, unit: str = "s") -> dict[str, str]:
@@ -164,9 +168,11 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     for m in (hyper, peft1):
         m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
     base = llama(size, device=device).requires_grad_(False).train()
-    t_h = median_time(lambda: train_step(hyper, task=tasks), size.repeats, sync)
-    t_p = median_time(lambda: train_step(peft1), size.repeats, sync)
-    t_b = median_time(frozen_base_step(base, autocast, ids), size.repeats, sync)
+    t_h, t_p, t_b = median_times(
+        [lambda: train_step(hyper, task=tasks), lambda: train_step(peft1), frozen_base_step(base, autocast, ids)],
+        size.repeats,
+        sync,
+    )
     rows.append(row("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", t_h, t_p, "<= 1.15"))
     rows.append(overhead_row("training step", t_h, t_p, t_b, "<= 1.0"))
     hyper = peft1 = base = None  # free the training models before building the inference ones  # noqa: F841
@@ -176,16 +182,28 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
     plain = llama(size, device=device, dtype=dtype)
     with torch.no_grad():
-        t_h = median_time(lambda: hyper(input_ids=ids, task=tasks), size.repeats, sync)
-        t_p = median_time(lambda: peft8(input_ids=ids, adapter_names=names), size.repeats, sync)
-        t_b = median_time(lambda: plain(input_ids=ids), size.repeats, sync)
+        t_h, t_p, t_b = median_times(
+            [
+                lambda: hyper(input_ids=ids, task=tasks),
+                lambda: peft8(input_ids=ids, adapter_names=names),
+                lambda: plain(input_ids=ids),
+            ],
+            size.repeats,
+            sync,
+        )
         rows.append(row("mixed-task forward (PEFT: 8 adapters, adapter_names)", t_h, t_p, "<= 1.0"))
         rows.append(overhead_row("mixed-task forward", t_h, t_p, t_b, "<= 0.3"))
         gen = {"max_new_tokens": size.new_tokens, "min_new_tokens": size.new_tokens, "do_sample": False}
         prompt = ids[:, : size.seq // 2]
-        t_h = median_time(lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), size.repeats, sync)
-        t_p = median_time(lambda: peft8.generate(input_ids=prompt, adapter_names=names, **gen), size.repeats, sync)
-        t_b = median_time(lambda: plain.generate(input_ids=prompt, **gen), size.repeats, sync)
+        t_h, t_p, t_b = median_times(
+            [
+                lambda: hyper.generate(input_ids=prompt, task=tasks, **gen),
+                lambda: peft8.generate(input_ids=prompt, adapter_names=names, **gen),
+                lambda: plain.generate(input_ids=prompt, **gen),
+            ],
+            size.repeats,
+            sync,
+        )
         rows.append(row(f"mixed-task generate, {size.new_tokens} new tokens greedy", t_h, t_p, "<= 1.0"))
         rows.append(overhead_row("mixed-task generate", t_h, t_p, t_b, "<= 1.0"))
 
@@ -205,8 +223,9 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
             finally:
                 del base.forward
 
-        t_cached = median_time(lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), size.repeats, sync)
-        t_uncached = median_time(per_step_generation, size.repeats, sync)
+        t_cached, t_uncached = median_times(
+            [lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), per_step_generation], size.repeats, sync
+        )
         rows.append(
             {
                 "what": "generate: weights once per call vs at every decoding step",
@@ -234,8 +253,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
 
         # 5. merged model vs the plain base model
         merged = hyper.merge_and_unload(task=2)
-        t_m = median_time(lambda: merged(input_ids=ids), size.repeats, sync)
-        t_b = median_time(lambda: plain(input_ids=ids), size.repeats, sync)
+        t_m, t_b = median_times([lambda: merged(input_ids=ids), lambda: plain(input_ids=ids)], size.repeats, sync)
         rows.append(row("merge_and_unload(task=2) forward vs the base model", t_m, t_b, "1.00 ± noise"))
     return rows
 
