@@ -124,9 +124,10 @@ def overhead_row(name: str, ours: float, theirs: float, base: float, target: str
     """What each method costs above the frozen base model (the floor every adapter method pays)."""
     return {
         "what": f"{name}, above the base ({base:.3f} s)",
-        "hyperlight": f"+{(ours - base) * 1000:.1f} ms",
-        "peft / base": f"+{(theirs - base) * 1000:.1f} ms",
-        "ratio": f"{(ours - base) / (theirs - base):.2f}" if theirs > base else "-",
+        "hyperlight": f"{(ours - base) * 1000:+.1f} ms",
+        "peft / base": f"{(theirs - base) * 1000:+.1f} ms",
+        # a ratio of two differences means something only when both are clearly above the floor
+        "ratio": f"{(ours - base) / (theirs - base):.2f}" if min(ours, theirs) > base else "- (within noise)",
         "target": target,
     }
 
