@@ -59,25 +59,17 @@ def _accepted_keywords(forward: Any) -> frozenset[str] | None:
     return frozenset(names)
 
 
-class _CallBound(threading.local):
-    """The hyper model whose hooks bound the call of a replaced forward that has not yet reached
-    `HyperModel.forward` (a thread-local: both run on one thread, and torch.compile can read one)."""
-
-    hyper: nn.Module | None = None
-
-
-_CALL_BOUND = _CallBound()
-
-
 class _ReplacedForwardCalls(threading.local):
-    """The calls bound by the hooks below, innermost last (a thread-local: a call's hooks and forward run on one
-    thread, and torch.compile can read one)."""
+    """Per thread (a call's hooks and forward run on one thread, and torch.compile can read a thread-local):
+    `open`, the calls the hooks below bound, innermost last, each with what to close and restore; `bound`, the
+    hyper model whose hooks bound a call that has not yet reached `HyperModel.forward`."""
 
     def __init__(self) -> None:
-        self.open: list[tuple[nn.Module, ExitStack, GradientSink | None, nn.Module | None]] = []
+        self.open: list[list[Any]] = []  # [hyper, ExitStack, GradientSink | None, the previous `bound`]
+        self.bound: nn.Module | None = None
 
 
-_REPLACED_FORWARD_CALLS = _ReplacedForwardCalls()
+_REPLACED = _ReplacedForwardCalls()
 
 
 def _bind_replaced_forward(hyper: HyperModel, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
@@ -87,22 +79,19 @@ def _bind_replaced_forward(hyper: HyperModel, args: tuple, kwargs: dict[str, Any
     if "forward" not in hyper.__dict__:
         return None  # HyperModel.forward runs and binds the call itself
     kwargs = dict(kwargs)
-    stack = ExitStack()
-    try:
-        sink = stack.enter_context(hyper._bound_call(args, kwargs))
-    finally:  # the post-hook runs even when this raises: give it an entry to close
-        _REPLACED_FORWARD_CALLS.open.append((hyper, stack, None, _CALL_BOUND.hyper))
-    _REPLACED_FORWARD_CALLS.open[-1] = (hyper, stack, sink, _CALL_BOUND.hyper)
-    _CALL_BOUND.hyper = hyper  # if the replacement calls HyperModel.forward, that binds nothing more
+    entry: list[Any] = [hyper, ExitStack(), None, _REPLACED.bound]
+    _REPLACED.open.append(entry)  # first: the post-hook runs even when binding raises, and closes this entry
+    entry[2] = entry[1].enter_context(hyper._bound_call(args, kwargs))
+    _REPLACED.bound = hyper  # if the replacement calls HyperModel.forward, that binds nothing more
     return args, kwargs
 
 
 def _unbind_replaced_forward(hyper: HyperModel, args: tuple, output: Any) -> Any:
-    calls = _REPLACED_FORWARD_CALLS.open
+    calls = _REPLACED.open
     if not calls or calls[-1][0] is not hyper:
         return None
     _, stack, sink, previous = calls.pop()
-    _CALL_BOUND.hyper = previous
+    _REPLACED.bound = previous
     stack.close()
     if sink is not None and output is not None:
         sink.attach(output)
@@ -522,8 +511,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The base model's forward, inside the weights this call generates from its conditions."""
-        if _CALL_BOUND.hyper is self:  # a replaced forward is running, and its hooks already bound this call
-            _CALL_BOUND.hyper = None  # a nested call of this model inside the base binds afresh
+        if _REPLACED.bound is self:  # a replaced forward is running, and its hooks already bound this call
+            _REPLACED.bound = None  # a nested call of this model inside the base binds afresh
             return self._base(*args, **kwargs)
         with self._bound_call(args, kwargs) as sink:
             output = self._base(*args, **kwargs)
