@@ -262,29 +262,19 @@ def print_table(tasks: list[str], results: dict[str, dict[str, float]], num: int
 
 
 def plot(path: Path, losses: dict[str, list[tuple[int, float]]], results: dict[str, dict[str, float]], tasks):
-    import matplotlib
+    from example_plots import grouped_bars, pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
     for name, curve in losses.items():
         if curve:
             left.plot([s for s, _ in curve], [v for _, v in curve], label=name)
     left.set(xlabel="step", ylabel="training loss", title="Fine-tuning on the mixed tasks", yscale="log")
     left.legend()
-    width = 0.8 / len(results)
-    for i, (name, accuracy) in enumerate(results.items()):
-        right.bar([t + (i - (len(results) - 1) / 2) * width for t in range(len(tasks))],
-                  [accuracy[t] for t in tasks], width, label=name)  # fmt: skip
-    right.set_xticks(range(len(tasks)), tasks)
+    grouped_bars(right, {name: [accuracy[t] for t in tasks] for name, accuracy in results.items()}, tasks)
     right.set(ylabel="exact match", ylim=(0, 1.22), title="Accuracy per task (held-out inputs)")
     right.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     right.legend(fontsize=8, ncol=3, loc="upper center")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 # -- the demo --------------------------------------------------------------------------------------------------

@@ -200,27 +200,18 @@ def grid(title: str, cells: dict[tuple[int, int], str], marks: dict[tuple[int, i
 
 
 def plot(path: Path, many: dict, held: dict) -> None:
-    import matplotlib
+    from example_plots import grouped_bars, pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(14, 4))
     labels = [f"{list(TASKS)[t]}\n{DOMAINS[d]}" for t, d in COMBOS]
     for ax, table, title in ((axes[0], many, "many-shot / few-shot (*)"), (axes[1], held, "held-out (*)")):
-        width = 0.8 / len(table)
-        for i, (name, scores) in enumerate(table.items()):
-            xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(COMBOS))]
-            ax.bar(xs, [scores.get(c, np.nan) for c in COMBOS], width, label=name)
         marked = FEW_SHOT if table is many else HELD_OUT
-        ax.set_xticks(range(len(COMBOS)), [lab + (" *" if c in marked else "") for lab, c in zip(labels, COMBOS)])
+        series = {name: [scores.get(c, np.nan) for c in COMBOS] for name, scores in table.items()}
+        grouped_bars(ax, series, [lab + (" *" if c in marked else "") for lab, c in zip(labels, COMBOS)])
         ax.tick_params(axis="x", labelsize=6)
         ax.set(ylabel="test accuracy", ylim=(0, 1.15), title=title)
         ax.legend(fontsize=7, ncol=3, loc="upper center")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main() -> None:

@@ -78,23 +78,13 @@ def mixed_accuracy(hyper: Any, encoder: demo.Encoder, rows, descriptions: dict[s
 
 
 def plot(path: Path, table: dict[str, dict[str, float]], tasks: list[str]) -> None:
-    import matplotlib
+    from example_plots import grouped_bars, pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / len(table)
-    for i, (name, scores) in enumerate(table.items()):
-        ax.bar([t + (i - (len(table) - 1) / 2) * width for t in range(len(tasks))],
-               [scores[t] for t in tasks], width, label=name)  # fmt: skip
-    ax.set_xticks(range(len(tasks)), tasks)
+    fig, ax = pyplot().subplots(figsize=(11, 4))
+    grouped_bars(ax, {name: [scores[t] for t in tasks] for name, scores in table.items()}, tasks)
     ax.set(ylabel="exact match", ylim=(0, 1.3), title="Per task: adapters, distilled from them, trained end to end")
     ax.legend(fontsize=8, ncol=3, loc="upper center")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main() -> None:

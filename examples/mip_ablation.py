@@ -126,12 +126,9 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 
 def plot(path: Path, results: dict, steps: int) -> None:
-    import matplotlib
+    from example_plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(LRS), figsize=(5 * len(LRS), 4), sharey=True)
+    fig, axes = pyplot().subplots(1, len(LRS), figsize=(5 * len(LRS), 4), sharey=True)
     window = max(1, steps // 30)
     for ax, lr in zip(axes, LRS):
         for arm in ARMS:
@@ -150,10 +147,7 @@ def plot(path: Path, results: dict, steps: int) -> None:
         ax.set(title=f"Adam, lr {lr:g}", xlabel="step", yscale="log")
     axes[0].set_ylabel("training loss (mean over seeds, band: min-max)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main() -> None:
