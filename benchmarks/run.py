@@ -93,20 +93,26 @@ def peft_model(base, adapters: int = 1, targets: list[str] = TARGETS):
     return model
 
 
-def median_times(fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> list[float]:
-    """Median times of several functions timed in turn within each repeat (A, B, C, A, B, C, ...), so that a
-    machine's drift (frequency, other load) reaches every side alike; side by side, as the ratios need."""
+def timings(fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> list[list[float]]:
+    """Every repeat's time of several functions timed in turn (A, B, C, then B, C, A, ...), so that a machine's
+    drift (frequency, other load) reaches every side alike, and no side always runs after the same other one
+    (what the previous one left in caches and the allocator); side by side, as the ratios need."""
     for fn in fns:  # warm-up
         fn()
     sync()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
+    for repeat in range(repeats):
+        for i in range(len(fns)):
+            side = (i + repeat) % len(fns)
             start = time.perf_counter()
-            fn()
+            fns[side]()
             sync()
-            bucket.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+            times[side].append(time.perf_counter() - start)
+    return times
+
+
+def median_times(fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> list[float]:
+    return [statistics.median(t) for t in timings(fns, repeats, sync)]
 
 
 def row(name: str, ours: float, theirs: float, target: str, unit: str = "s") -> dict[str, str]:
@@ -120,16 +126,24 @@ def row(name: str, ours: float, theirs: float, target: str, unit: str = "s") -> 
     }
 
 
-def overhead_row(name: str, ours: float, theirs: float, base: float, target: str) -> dict[str, str]:
-    """What each method costs above the frozen base model (the floor every adapter method pays)."""
-    return {
-        "what": f"{name}, above the base ({base:.3f} s)",
-        "hyperlight": f"{(ours - base) * 1000:+.1f} ms",
-        "peft / base": f"{(theirs - base) * 1000:+.1f} ms",
-        # a ratio of two differences means something only when both are clearly above the floor
-        "ratio": f"{(ours - base) / (theirs - base):.2f}" if min(ours, theirs) > base else "- (within noise)",
-        "target": target,
-    }
+def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio: str) -> list[dict[str, str]]:
+    """The totals, and what each method costs above the frozen base model (the floor every adapter method pays):
+    the median over repeats of (method - base) within a repeat, which cancels most of a machine's drift."""
+    ours, theirs, base = times
+    above = [statistics.median(a - b for a, b in zip(side, base)) for side in (ours, theirs)]
+    floor = statistics.median(base)
+    # a ratio of two differences means something only when both are clearly above the floor
+    clear = min(above) > 0.01 * floor
+    return [
+        row(name, statistics.median(ours), statistics.median(theirs), target),
+        {
+            "what": f"{name.split(' (')[0].split(',')[0]}, above the base ({floor:.3f} s)",
+            "hyperlight": f"{above[0] * 1000:+.1f} ms",
+            "peft / base": f"{above[1] * 1000:+.1f} ms",
+            "ratio": f"{above[0] / above[1]:.2f}" if clear else "- (within noise)",
+            "target": target_ratio,
+        },
+    ]
 
 
 def frozen_base_step(model, autocast, ids):
@@ -166,16 +180,15 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for m in (hyper, peft1):
-        m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    for m in (hyper, peft1):  # fused AdamW: what Transformers' Trainer uses by default (torch >= 2.8)
+        m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
     base = llama(size, device=device).requires_grad_(False).train()
-    t_h, t_p, t_b = median_times(
+    times = timings(
         [lambda: train_step(hyper, task=tasks), lambda: train_step(peft1), frozen_base_step(base, autocast, ids)],
         size.repeats,
         sync,
     )
-    rows.append(row("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", t_h, t_p, "<= 1.15"))
-    rows.append(overhead_row("training step", t_h, t_p, t_b, "<= 1.0"))
+    rows += overhead_rows("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", times, "<= 1.15", "<= 1.0")
     hyper = peft1 = base = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
@@ -183,7 +196,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
     plain = llama(size, device=device, dtype=dtype)
     with torch.no_grad():
-        t_h, t_p, t_b = median_times(
+        times = timings(
             [
                 lambda: hyper(input_ids=ids, task=tasks),
                 lambda: peft8(input_ids=ids, adapter_names=names),
@@ -192,11 +205,10 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
             size.repeats,
             sync,
         )
-        rows.append(row("mixed-task forward (PEFT: 8 adapters, adapter_names)", t_h, t_p, "<= 1.0"))
-        rows.append(overhead_row("mixed-task forward", t_h, t_p, t_b, "<= 0.3"))
+        rows += overhead_rows("mixed-task forward (PEFT: 8 adapters, adapter_names)", times, "<= 1.0", "<= 0.3")
         gen = {"max_new_tokens": size.new_tokens, "min_new_tokens": size.new_tokens, "do_sample": False}
         prompt = ids[:, : size.seq // 2]
-        t_h, t_p, t_b = median_times(
+        times = timings(
             [
                 lambda: hyper.generate(input_ids=prompt, task=tasks, **gen),
                 lambda: peft8.generate(input_ids=prompt, adapter_names=names, **gen),
@@ -205,8 +217,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
             size.repeats,
             sync,
         )
-        rows.append(row(f"mixed-task generate, {size.new_tokens} new tokens greedy", t_h, t_p, "<= 1.0"))
-        rows.append(overhead_row("mixed-task generate", t_h, t_p, t_b, "<= 1.0"))
+        rows += overhead_rows(f"mixed-task generate, {size.new_tokens} new tokens greedy", times, "<= 1.0", "<= 1.0")
 
         # 4. weights are generated once per distinct condition, and once per generate call
         def per_step_generation():  # what a wrapper without the cache does: run the generator at every step

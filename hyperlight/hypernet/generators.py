@@ -69,18 +69,19 @@ class _TypeHead(nn.Module):
                         self.proj.weight[start : start + size].normal_(0.0, std)
 
     def forward(self, h: Tensor) -> dict[str, dict[str, Tensor]]:
-        flat = self.proj(h)  # (U, N, numel)
+        # contiguous rows: on a strided input, MKL's result can depend on the weight's memory alignment, and a
+        # reloaded model must compute bit for bit what the saved one did
+        rows = h.reshape(-1, h.shape[-1]).contiguous()  # (U·N, H)
         if self.base is not None:
-            flat = self.base.to(flat.dtype) + flat
-        else:
-            flat = self.theta0 + flat
-        out: dict[str, dict[str, Tensor]] = {}
-        pieces = {
-            name: flat.narrow(-1, start, size).unflatten(-1, shape)
-            for (name, shape), (start, size) in zip(self.shapes.items(), self.offsets)
-        }
-        for i, target in enumerate(self.target_names):
-            out[target] = {name: piece[:, i] for name, piece in pieces.items()}  # (U, *shape)
+            flat = self.base.to(h.dtype) + self.proj(rows).unflatten(0, h.shape[:2])  # pretrained values + Δ
+        else:  # θ0 added inside the matmul, not in a second pass over the output
+            flat = torch.addmm(self.theta0, rows, self.proj.weight.t()).unflatten(0, h.shape[:2])  # (U, N, numel)
+        out: dict[str, dict[str, Tensor]] = {t: {} for t in self.target_names}
+        # one split and one unbind per external: their backwards are one cat and one stack, where a slice per
+        # target would give each target's gradient a zero-filled buffer of the whole (U, N, numel) output
+        for (name, shape), piece in zip(self.shapes.items(), flat.split([size for _, size in self.offsets], -1)):
+            for target, value in zip(self.target_names, piece.unflatten(-1, shape).unbind(1)):
+                out[target][name] = value  # (U, *shape)
         return out
 
 
@@ -124,20 +125,21 @@ class SharedGenerator(nn.Module):
                 blocks.append(nn.Dropout(dropout))
         self.trunk = nn.Sequential(*blocks)
         self.heads = nn.ModuleList(_TypeHead(groups[k], hidden_size) for k in self.type_keys)
-        for i, key in enumerate(self.type_keys):
-            layers = torch.tensor([t.layer for t in groups[key]])
-            self.register_buffer(f"layers_{i}", layers, persistent=False)
+        # every target's (layer, type), grouped by head: the trunk runs once over all of them
+        self.head_sizes = [len(groups[k]) for k in self.type_keys]
+        layers = [t.layer for k in self.type_keys for t in groups[k]]
+        kinds = [i for i, k in enumerate(self.type_keys) for _ in groups[k]]
+        self.register_buffer("target_layers", torch.tensor(layers), persistent=False)
+        self.register_buffer("target_types", torch.tensor(kinds), persistent=False)
 
     def forward(self, z: Tensor) -> dict[str, dict[str, Tensor]]:
         """`z (U, D)` -> `{target module: {external: (U, *shape)}}` for every target."""
         hz = self.z_proj(z)  # (U, H)
+        where = torch.cat([self.layer_embedding(self.target_layers), self.type_embedding(self.target_types)], dim=-1)
+        h = self.trunk(self.act(hz.unsqueeze(1) + self.position_proj(where)))  # (U, N, H), all targets at once
         out: dict[str, dict[str, Tensor]] = {}
-        for i, head in enumerate(self.heads):
-            layers = getattr(self, f"layers_{i}")  # (N,)
-            kind = self.type_embedding.weight[i].expand(layers.shape[0], -1)  # (N, d_t)
-            position = self.position_proj(torch.cat([self.layer_embedding(layers), kind], dim=-1))  # (N, H)
-            h = self.trunk(self.act(hz.unsqueeze(1) + position))  # (U, N, H)
-            out.update(head(h))
+        for head, part in zip(self.heads, h.split(self.head_sizes, dim=1)):
+            out.update(head(part))
         return out
 
 

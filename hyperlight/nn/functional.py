@@ -39,12 +39,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, plan: Plan) -> Tensor
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def lowrank_add(y: Tensor, x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, plan: Plan) -> Tensor:
+def lowrank_add(
+    y: Tensor, x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float, plan: Plan, *, in_place: bool = False
+) -> Tensor:
     """`y + scaling * (x Aᵀ) Bᵀ` with A (r, in) and B (out, r); per example A (B, r, in) and B (B, out, r).
 
     The factors are cast to the input's dtype, so an fp32 hypernetwork drives a bf16 base model. The
     scaling is folded into the small factor B and the addition into the second matmul
-    (`addmm`/`baddbmm`), so no extra pass runs over the (B, T, out) activations.
+    (`addmm`/`baddbmm`), so no extra pass runs over the (B, T, out) activations. `in_place=True` adds into
+    `y` itself (no new (B, T, out) tensor): only for a `y` nothing else holds, such as a linear layer's fresh
+    output, whose backward does not need it.
     """
     lora_a = lora_a.to(x.dtype)
     lora_b = lora_b.to(x.dtype) * scaling if scaling != 1 else lora_b.to(x.dtype)
@@ -55,8 +59,13 @@ def lowrank_add(y: Tensor, x: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: f
         return torch.addmm(y.reshape(-1, out_features), h, lora_b.T).reshape(*x.shape[:-1], out_features)
     plan.rows_per_value(_rows(x), "low-rank linear")
     x3 = _group(x, batch)  # (B, k·T, in)
-    h = torch.bmm(x3, lora_a.transpose(1, 2))  # (B, k·T, r)
-    out = torch.baddbmm(_group(y, batch), h, lora_b.transpose(1, 2))  # (B, k·T, out)
+    # (A xᵀ)ᵀ rather than x Aᵀ: the product's narrow side (r) as rows, 1.5-2x faster on CPU, backward included
+    h = torch.bmm(lora_a, x3.transpose(1, 2)).transpose(1, 2)  # (B, k·T, r)
+    y3 = _group(y, batch)  # (B, k·T, out)
+    if in_place:  # in-place ops skip autocast: the operands take y's dtype, as autocast's baddbmm would
+        out = y3.baddbmm_(h.to(y.dtype), lora_b.transpose(1, 2).to(y.dtype))
+    else:
+        out = torch.baddbmm(y3, h, lora_b.transpose(1, 2))
     return out.reshape(*x.shape[:-1], out_features)  # (B, T, out)
 
 

@@ -112,6 +112,7 @@ class LowRankModule(HypernetizedModule):
     """Mixin for linear-like layers: frozen base forward plus the low-rank update from `lora_A`, `lora_B`."""
 
     _hl_kind = "lowrank"
+    _hl_fresh_output: bool = False  # the base forward returns a new tensor nothing else holds: add into it
 
     def _expected_dtype(self, name: str) -> torch.dtype | None:
         return None  # the factors are cast to the activations' dtype where they are used (lowrank_add)
@@ -126,11 +127,25 @@ class LowRankModule(HypernetizedModule):
             lora_a, lora_b = bound.batched("lora_A", lora_a), bound.batched("lora_B", lora_b)
         p = self.__dict__.get("lora_dropout", 0.0)
         h = F.dropout(x, p, self.training) if p else x
-        return lowrank_add(y, h, lora_a, lora_b, self.__dict__.get("lora_scaling", 1.0), bound.plan)
+        scaling = self.__dict__.get("lora_scaling", 1.0)
+        return lowrank_add(y, h, lora_a, lora_b, scaling, bound.plan, in_place=type(self)._hl_fresh_output)
 
 
 _MIXINS = {"full": HypernetizedModule, "lowrank": LowRankModule}
 _PREFIX = {"full": "Hypernetized", "lowrank": "LowRank"}
+
+
+# forwards known to return a fresh tensor that their backward does not save (torch's and Transformers' linear
+# layers): the low-rank update may be added into it in place. Any other forward (a subclass's, a registered
+# linear-like layer's) might return a tensor someone else holds, so it gets a new one.
+_FRESH_OUTPUT_FORWARDS = frozenset(
+    {"torch.nn.modules.linear.Linear.forward", "transformers.pytorch_utils.Conv1D.forward"}
+)
+
+
+def _returns_fresh_output(base: type[nn.Module]) -> bool:
+    forward = base.forward
+    return f"{forward.__module__}.{forward.__qualname__}" in _FRESH_OUTPUT_FORWARDS
 
 
 def _hypernetized_recipe(kind: str, base: type[nn.Module]) -> tuple[str, tuple[type, ...], dict[str, Any]]:
@@ -141,6 +156,8 @@ def _hypernetized_recipe(kind: str, base: type[nn.Module]) -> tuple[str, tuple[t
         "_hl_base": base,
         "_hl_batched": staticmethod(batched) if batched is not None else None,
     }
+    if kind == "lowrank":
+        namespace["_hl_fresh_output"] = _returns_fresh_output(base)
     return f"{_PREFIX[kind]}{base.__name__}", (_MIXINS[kind], base), namespace
 
 
