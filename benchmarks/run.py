@@ -46,7 +46,7 @@ SIZES = {
     "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 5),
     "tiny": Size(64, 2, 128, 4, 4, 256, 16, 4, 4, 2),
     # the small and the larger shape of the overhead table (issue 14)
-    "small": Size(256, 4, 688, 4, 4, 2000, 64, 8, 16, 15),
+    "small": Size(256, 4, 688, 4, 4, 2000, 64, 8, 16, 40),
     "large": Size(1024, 4, 2752, 8, 8, 2000, 128, 8, 16, 5),
     # issue 14's GPU column: a Llama-shaped model of realistic width in bf16 (run with --device cuda)
     "gpu": Size(2048, 16, 5504, 16, 16, 32000, 512, 8, 32, 10),

@@ -40,7 +40,7 @@ def _numel(shape: Shape) -> int:
 
 
 class _TypeHead(nn.Module):
-    """Emits every external of the targets of one module type: `(U, N, numel)` -> per target slices."""
+    """Emits every external of the targets of one module type: `(N, U, numel)` -> per target slices."""
 
     def __init__(self, targets: list[GeneratorTarget], hidden: int) -> None:
         super().__init__()
@@ -69,18 +69,17 @@ class _TypeHead(nn.Module):
                         self.proj.weight[start : start + size].normal_(0.0, std)
 
     def forward(self, h: Tensor) -> dict[str, dict[str, Tensor]]:
-        # contiguous rows: on a strided input, MKL's result can depend on the weight's memory alignment, and a
-        # reloaded model must compute bit for bit what the saved one did
-        rows = h.reshape(-1, h.shape[-1]).contiguous()  # (U·N, H)
-        if self.base is not None:
-            flat = self.base.to(h.dtype) + self.proj(rows).unflatten(0, h.shape[:2])  # pretrained values + Δ
+        """`h (N, U, H)` (target-major) -> `{target: {external: (U, *shape)}}`."""
+        rows = h.reshape(-1, h.shape[-1])  # (N·U, H), a view: this head's block of the trunk's output
+        if self.base is not None:  # pretrained values + Δ
+            flat = self.base.to(h.dtype).unsqueeze(1) + self.proj(rows).view(*h.shape[:2], -1)
         else:  # θ0 added inside the matmul, not in a second pass over the output
-            flat = torch.addmm(self.theta0, rows, self.proj.weight.t()).unflatten(0, h.shape[:2])  # (U, N, numel)
+            flat = torch.addmm(self.theta0, rows, self.proj.weight.t()).view(*h.shape[:2], -1)  # (N, U, numel)
         out: dict[str, dict[str, Tensor]] = {t: {} for t in self.target_names}
         # one split and one unbind per external: their backwards are one cat and one stack, where a slice per
-        # target would give each target's gradient a zero-filled buffer of the whole (U, N, numel) output
+        # target would give each target's gradient a zero-filled buffer of the whole (N, U, numel) output
         for (name, shape), piece in zip(self.shapes.items(), flat.split([size for _, size in self.offsets], -1)):
-            for target, value in zip(self.target_names, piece.unflatten(-1, shape).unbind(1)):
+            for target, value in zip(self.target_names, piece.unflatten(-1, shape).unbind(0)):
                 out[target][name] = value  # (U, *shape)
         return out
 
@@ -136,9 +135,10 @@ class SharedGenerator(nn.Module):
         """`z (U, D)` -> `{target module: {external: (U, *shape)}}` for every target."""
         hz = self.z_proj(z)  # (U, H)
         where = torch.cat([self.layer_embedding(self.target_layers), self.type_embedding(self.target_types)], dim=-1)
-        h = self.trunk(self.act(hz.unsqueeze(1) + self.position_proj(where)))  # (U, N, H), all targets at once
+        # all targets at once, target-major (N, U, H): each head's rows are one contiguous block of it
+        h = self.trunk(self.act(self.position_proj(where).unsqueeze(1) + hz))
         out: dict[str, dict[str, Tensor]] = {}
-        for head, part in zip(self.heads, h.split(self.head_sizes, dim=1)):
+        for head, part in zip(self.heads, h.split(self.head_sizes, dim=0)):
             out.update(head(part))
         return out
 
