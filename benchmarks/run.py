@@ -4,13 +4,16 @@
     python benchmarks/run.py --size tiny      # a smoke run (the test suite uses it)
     python benchmarks/run.py --device cuda    # the same table in bf16 on a GPU
 
-Timings are medians of repeated runs after a warm-up; each row times both sides in turn, in the same
-process, on the same inputs. Ratios < 1 mean hyperlight is faster.
+Timings are medians of repeated runs after a warm-up; each repeat times every side in turn (rotating the
+order), in the same process, on the same inputs. "Above the base" is each method's cost above the same model
+instance with its adapter disabled, the median of the differences within a repeat. Ratios < 1 mean hyperlight
+is faster.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -20,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,11 +47,11 @@ class Size:
 
 
 SIZES = {
-    "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 5),
+    "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 8),
     "tiny": Size(64, 2, 128, 4, 4, 256, 16, 4, 4, 2),
     # the small and the larger shape of the overhead table (issue 14)
     "small": Size(256, 4, 688, 4, 4, 2000, 64, 8, 16, 40),
-    "large": Size(1024, 4, 2752, 8, 8, 2000, 128, 8, 16, 5),
+    "large": Size(1024, 4, 2752, 8, 8, 2000, 128, 8, 16, 12),
     # issue 14's GPU column: a Llama-shaped model of realistic width in bf16 (run with --device cuda)
     "gpu": Size(2048, 16, 5504, 16, 16, 32000, 512, 8, 32, 10),
 }
@@ -93,25 +97,35 @@ def peft_model(base, adapters: int = 1, targets: list[str] = TARGETS):
     return model
 
 
-def timings(fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> list[list[float]]:
+Side = Callable[[], object] | tuple[Callable[[], Any], Callable[[], object]]  # fn, or (untimed context, fn)
+
+
+def timings(sides: list[Side], repeats: int, sync: Callable[[], None]) -> list[list[float]]:
     """Every repeat's time of several functions timed in turn (A, B, C, then B, C, A, ...), so that a machine's
     drift (frequency, other load) reaches every side alike, and no side always runs after the same other one
-    (what the previous one left in caches and the allocator); side by side, as the ratios need."""
-    for fn in fns:  # warm-up
-        fn()
+    (what the previous one left in caches and the allocator); side by side, as the ratios need. A side given as
+    (context, fn) runs fn inside `with context():`, entered and left outside the timing (PEFT's
+    `disable_adapter()` walks every module to flip a flag: a cost of the switch, not of the model)."""
+    pairs = [side if isinstance(side, tuple) else (contextlib.nullcontext, side) for side in sides]
+    for context, fn in pairs:  # warm-up
+        with context():
+            fn()
     sync()
-    times: list[list[float]] = [[] for _ in fns]
+    times: list[list[float]] = [[] for _ in pairs]
     for repeat in range(repeats):
-        for i in range(len(fns)):
-            side = (i + repeat) % len(fns)
-            start = time.perf_counter()
-            fns[side]()
-            sync()
-            times[side].append(time.perf_counter() - start)
+        for i in range(len(pairs)):
+            side = (i + repeat) % len(pairs)
+            context, fn = pairs[side]
+            with context():
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[side].append(time.perf_counter() - start)
     return times
 
 
-def median_times(fns: list[Callable[[], object]], repeats: int, sync: Callable[[], None]) -> list[float]:
+def median_times(fns: list[Side], repeats: int, sync: Callable[[], None]) -> list[float]:
     return [statistics.median(t) for t in timings(fns, repeats, sync)]
 
 
@@ -127,11 +141,17 @@ def row(name: str, ours: float, theirs: float, target: str, unit: str = "s") -> 
 
 
 def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio: str) -> list[dict[str, str]]:
-    """The totals, and what each method costs above the frozen base model (the floor every adapter method pays):
-    the median over repeats of (method - base) within a repeat, which cancels most of a machine's drift."""
-    ours, theirs, base = times
-    above = [statistics.median(a - b for a, b in zip(side, base)) for side in (ours, theirs)]
-    floor = statistics.median(base)
+    """The totals, and what each method costs above its own frozen base (the floor every adapter method pays).
+
+    `times` are [hyperlight, its base, PEFT, its base]: each base is the *same instance* with its adapter
+    disabled, since two instances of one model can differ by a few percent (where their weights lie in memory),
+    as much as an adapter's whole cost at these sizes. An overhead is the median over repeats of (method - its
+    base) within a repeat, which also cancels most of a machine's drift."""
+    ours, our_base, theirs, their_base = times
+    above = [
+        statistics.median(a - b for a, b in zip(side, base)) for side, base in ((ours, our_base), (theirs, their_base))
+    ]
+    floor = statistics.median(our_base + their_base)
     # a ratio of two differences means something only when both are clearly above the floor
     clear = min(above) > 0.01 * floor
     return [
@@ -146,19 +166,6 @@ def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio
     ]
 
 
-def frozen_base_step(model, autocast, ids):
-    """The base model's share of a training step: its forward, and its backward to the activations (the
-    embeddings' output requires grad, so the backward walks every layer as an adapter's would)."""
-    model.get_input_embeddings().register_forward_hook(lambda _m, _i, out: out.requires_grad_())
-
-    def step():
-        with autocast:
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-
-    return step
-
-
 def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, str]]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
@@ -171,6 +178,20 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
     hyper = hyper_model(llama(size, device=device)).train()
     peft1 = peft_model(llama(size, device=device)).train()
+    base_step = {"on": False}
+
+    def embeddings_require_grad(_module, _inputs, out):
+        # in a base step, the backward walks every layer to the activations, as an adapter's backward does
+        return out.requires_grad_() if base_step["on"] else None
+
+    @contextlib.contextmanager
+    def frozen_base(model):  # the same instance with its adapter off
+        base_step["on"] = True
+        try:
+            with model.disable_adapter():
+                yield
+        finally:
+            base_step["on"] = False
 
     def train_step(model, **kw):
         opt = model._bench_opt
@@ -180,16 +201,26 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    def frozen_base_step(model):  # the base's forward, and its backward to the activations
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+
     for m in (hyper, peft1):  # fused AdamW: what Transformers' Trainer uses by default (torch >= 2.8)
         m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    base = llama(size, device=device).requires_grad_(False).train()
+        m.get_input_embeddings().register_forward_hook(embeddings_require_grad)
     times = timings(
-        [lambda: train_step(hyper, task=tasks), lambda: train_step(peft1), frozen_base_step(base, autocast, ids)],
+        [
+            lambda: train_step(hyper, task=tasks),
+            (lambda: frozen_base(hyper), lambda: frozen_base_step(hyper)),
+            lambda: train_step(peft1),
+            (lambda: frozen_base(peft1), lambda: frozen_base_step(peft1)),
+        ],
         size.repeats,
         sync,
     )
     rows += overhead_rows("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", times, "<= 1.15", "<= 1.0")
-    hyper = peft1 = base = None  # free the training models before building the inference ones  # noqa: F841
+    hyper = peft1 = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
     hyper = hyper_model(llama(size, device=device, dtype=dtype)).eval()
@@ -199,8 +230,9 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
         times = timings(
             [
                 lambda: hyper(input_ids=ids, task=tasks),
+                (hyper.disable_adapter, lambda: hyper(input_ids=ids)),
                 lambda: peft8(input_ids=ids, adapter_names=names),
-                lambda: plain(input_ids=ids),
+                (peft8.disable_adapter, lambda: peft8(input_ids=ids)),
             ],
             size.repeats,
             sync,
@@ -211,8 +243,9 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
         times = timings(
             [
                 lambda: hyper.generate(input_ids=prompt, task=tasks, **gen),
+                (hyper.disable_adapter, lambda: hyper.generate(input_ids=prompt, **gen)),
                 lambda: peft8.generate(input_ids=prompt, adapter_names=names, **gen),
-                lambda: plain.generate(input_ids=prompt, **gen),
+                (peft8.disable_adapter, lambda: peft8.generate(input_ids=prompt, **gen)),
             ],
             size.repeats,
             sync,

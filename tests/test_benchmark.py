@@ -36,3 +36,19 @@ def test_benchmark_smoke_run_prints_every_row():
         share = float(line.split("; ")[1].split("%")[0])
         of_ten = float(line.split(" | ")[3].split(" of ")[0])
         assert share < 1.0 and of_ten < 1.0, line
+
+
+GPU_SESSION = SCRIPT.parent / "gpu_session.sh"
+
+
+def test_gpu_session_script_runs_its_steps_on_a_cpu(tmp_path):
+    """The prepared GPU run (benchmarks/gpu_session.sh) as a CPU smoke run: its checks pass and every output file
+    is written, so a session that is lent a GPU spends its device time on the run, not on fixing the script."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEVICE": "cpu", "SIZE": "tiny", "OUT": str(tmp_path)}
+    env["PYTHON"] = sys.executable
+    proc = subprocess.run(["bash", str(GPU_SESSION)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_bench.md", "gpu_checks.log", "gpu_env.txt"]
+    checks = (tmp_path / "gpu_checks.log").read_text()
+    assert "FAIL" not in checks and checks.count("ok  ") >= 5, checks
+    assert "training step, above the base" in (tmp_path / "gpu_bench.md").read_text()

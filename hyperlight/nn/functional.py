@@ -63,7 +63,7 @@ def lowrank_add(
     h = torch.bmm(lora_a, x3.transpose(1, 2)).transpose(1, 2)  # (B, k·T, r)
     # y itself when it has the grouped shape already: autograd records an in-place op on a view as a copy of
     # the whole base in backward (CopySlices), a zero-filled buffer and two more passes per layer
-    y3 = y if y.dim() == 3 and y.shape[0] == batch else _group(y, batch)  # (B, k·T, out)
+    y3 = y if y.shape[:-1] == x3.shape[:-1] else _group(y, batch)  # (B, k·T, out)
     if in_place:  # in-place ops skip autocast: the operands take y's dtype, as autocast's baddbmm would
         out = y3.baddbmm_(h.to(y.dtype), lora_b.transpose(1, 2).to(y.dtype))
     else:
