@@ -47,11 +47,11 @@ class Size:
 
 
 SIZES = {
-    "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 8),
+    "default": Size(512, 8, 1376, 8, 8, 2000, 128, 16, 32, 16),
     "tiny": Size(64, 2, 128, 4, 4, 256, 16, 4, 4, 2),
     # the small and the larger shape of the overhead table (issue 14)
-    "small": Size(256, 4, 688, 4, 4, 2000, 64, 8, 16, 40),
-    "large": Size(1024, 4, 2752, 8, 8, 2000, 128, 8, 16, 12),
+    "small": Size(256, 4, 688, 4, 4, 2000, 64, 8, 16, 60),
+    "large": Size(1024, 4, 2752, 8, 8, 2000, 128, 8, 16, 16),
     # issue 14's GPU column: a Llama-shaped model of realistic width in bf16 (run with --device cuda)
     "gpu": Size(2048, 16, 5504, 16, 16, 32000, 512, 8, 32, 10),
 }
@@ -148,9 +148,10 @@ def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio
     as much as an adapter's whole cost at these sizes. An overhead is the median over repeats of (method - its
     base) within a repeat, which also cancels most of a machine's drift."""
     ours, our_base, theirs, their_base = times
-    above = [
-        statistics.median(a - b for a, b in zip(side, base)) for side, base in ((ours, our_base), (theirs, their_base))
-    ]
+    diffs = [[a - b for a, b in zip(side, base)] for side, base in ((ours, our_base), (theirs, their_base))]
+    above = [statistics.median(d) for d in diffs]
+    # the spread of the differences (half their interquartile range): how far one run's figure can be trusted
+    spread = [(q[2] - q[0]) / 2 for q in (statistics.quantiles(d, n=4) for d in diffs)]
     floor = statistics.median(our_base + their_base)
     # a ratio of two differences means something only when both are clearly above the floor
     clear = min(above) > 0.01 * floor
@@ -158,8 +159,8 @@ def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio
         row(name, statistics.median(ours), statistics.median(theirs), target),
         {
             "what": f"{name.split(' (')[0].split(',')[0]}, above the base ({floor:.3f} s)",
-            "hyperlight": f"{above[0] * 1000:+.1f} ms",
-            "peft / base": f"{above[1] * 1000:+.1f} ms",
+            "hyperlight": f"{above[0] * 1000:+.1f} ms (±{spread[0] * 1000:.1f})",
+            "peft / base": f"{above[1] * 1000:+.1f} ms (±{spread[1] * 1000:.1f})",
             "ratio": f"{above[0] / above[1]:.2f}" if clear else "- (within noise)",
             "target": target_ratio,
         },
