@@ -179,20 +179,6 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
     hyper = hyper_model(llama(size, device=device)).train()
     peft1 = peft_model(llama(size, device=device)).train()
-    base_step = {"on": False}
-
-    def embeddings_require_grad(_module, _inputs, out):
-        # in a base step, the backward walks every layer to the activations, as an adapter's backward does
-        return out.requires_grad_() if base_step["on"] else None
-
-    @contextlib.contextmanager
-    def frozen_base(model):  # the same instance with its adapter off
-        base_step["on"] = True
-        try:
-            with model.disable_adapter():
-                yield
-        finally:
-            base_step["on"] = False
 
     def train_step(model, **kw):
         opt = model._bench_opt
@@ -202,20 +188,22 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def frozen_base_step(model):  # the base's forward, and its backward to the activations
+    def frozen_base_step(model):
+        """The base's forward, and its backward to the activations (the embeddings require grad, so the backward
+        walks every layer, as an adapter's does); run inside `model.disable_adapter()`, the same instance."""
+        embeds = model.get_input_embeddings()(ids).requires_grad_()
         with autocast:
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(inputs_embeds=embeds, labels=ids).loss
         loss.backward()
 
     for m in (hyper, peft1):  # fused AdamW: what Transformers' Trainer uses by default (torch >= 2.8)
         m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
-        m.get_input_embeddings().register_forward_hook(embeddings_require_grad)
     times = timings(
         [
             lambda: train_step(hyper, task=tasks),
-            (lambda: frozen_base(hyper), lambda: frozen_base_step(hyper)),
+            (hyper.disable_adapter, lambda: frozen_base_step(hyper)),
             lambda: train_step(peft1),
-            (lambda: frozen_base(peft1), lambda: frozen_base_step(peft1)),
+            (peft1.disable_adapter, lambda: frozen_base_step(peft1)),
         ],
         size.repeats,
         sync,
@@ -226,7 +214,6 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
     hyper = hyper_model(llama(size, device=device, dtype=dtype)).eval()
     peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
-    plain = llama(size, device=device, dtype=dtype)
     with torch.no_grad():
         times = timings(
             [
@@ -299,6 +286,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
 
         # 5. merged model vs the plain base model
         merged = hyper.merge_and_unload(task=2)
+        plain = llama(size, device=device, dtype=dtype)  # built only now: the timings above hold two models
         t_m, t_b = median_times([lambda: merged(input_ids=ids), lambda: plain(input_ids=ids)], size.repeats, sync)
         rows.append(row("merge_and_unload(task=2) forward vs the base model", t_m, t_b, "1.00 ± noise"))
     return rows

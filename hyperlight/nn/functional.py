@@ -46,9 +46,10 @@ def lowrank_add(
 
     The factors are cast to the input's dtype, so an fp32 hypernetwork drives a bf16 base model. The
     scaling is folded into the small factor B and the addition into the second matmul
-    (`addmm`/`baddbmm`), so no extra pass runs over the (B, T, out) activations. `in_place=True` adds into
-    `y` itself (no new (B, T, out) tensor): only for a `y` nothing else holds, such as a linear layer's fresh
-    output, whose backward does not need it.
+    (`addmm`/`baddbmm`), so no extra pass runs over the (B, T, out) activations. `in_place=True` lets the
+    per-example path add into `y` itself (no new (B, T, out) tensor; measured no gain for the shared path's
+    `addmm`): only for a `y` nothing else holds, such as a linear layer's fresh output, whose backward does not
+    need it.
     """
     lora_a = lora_a.to(x.dtype)
     lora_b = lora_b.to(x.dtype) * scaling if scaling != 1 else lora_b.to(x.dtype)
