@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one prepared run, for a lent GPU machine (about 5 minutes on an H200):
 #
-#     bash benchmarks/gpu_session.sh                  # writes into $OUT (the device tool's folder) or benchmarks/results
+#     bash benchmarks/gpu_session.sh                  # writes five files into $OUT (the device tool's folder) or benchmarks/results
 #     DEVICE=cpu SIZE=tiny bash benchmarks/gpu_session.sh   # the same steps as a smoke run on a CPU
 #
 # 1. tests/test_cuda.py: no host synchronisation in a forward or a training step, every row equal to the row alone
 # 2. benchmarks/gpu_checks.py: mixed == alone, threads, both checkpointings with two forwards before one backward
 #    (backward on the autograd device thread), bf16 steps, host synchronisations counted
 # 3. benchmarks/run.py --size gpu: the README's GPU column (bf16, hidden 2048, 16 layers, seq 512) against PEFT
+# 4. benchmarks/run.py --profile: a training step of each method op by op (where the overhead goes)
 # The machine needs torch (CUDA), transformers and peft installed; hyperlight runs from this checkout.
 set -uo pipefail
 out=${OUT:-benchmarks/results}
@@ -15,7 +16,7 @@ device=${DEVICE:-cuda}
 size=${SIZE:-gpu}
 python=${PYTHON:-python}
 mkdir -p "$out"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore HYPERLIGHT_DEVICE="$device"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1 HYPERLIGHT_DEVICE="$device"
 status=0
 
 "$python" - <<'EOF' | tee "$out/gpu_env.txt"
@@ -31,4 +32,6 @@ timeout 240 "$python" benchmarks/gpu_checks.py 2>&1 | tee "$out/gpu_checks.log"
 status=$((status | PIPESTATUS[0]))
 timeout 420 "$python" benchmarks/run.py --size "$size" --device "$device" --skip memory size 2>&1 | tee "$out/gpu_bench.md"
 status=$((status | PIPESTATUS[0]))
+timeout 120 "$python" benchmarks/run.py --size "$size" --device "$device" --profile >"$out/gpu_profile.txt" 2>&1
+status=$((status | $?))
 exit "$status"

@@ -73,7 +73,8 @@ def llama(size: Size, *, device: str = "cpu", dtype: torch.dtype = torch.float32
         pad_token_id=0,
         eos_token_id=None,
     )
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # initialised where it runs: a 1B-parameter init on the host takes tens of seconds
+        return LlamaForCausalLM(config).to(dtype=dtype).eval()
 
 
 def hyper_model(base, *, tasks: int = TASKS, targets: list[str] = TARGETS):
@@ -167,6 +168,59 @@ def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio
     ]
 
 
+def measured(rows: list[dict[str, str]], new: list[dict[str, str]]) -> None:
+    """Keep the rows for the table, and show each as soon as it is measured (stderr): a run stopped at a time
+    limit, as on a lent GPU machine, still reports what it finished."""
+    rows.extend(new)
+    for r in new:
+        print(
+            f"measured: {r['what']}: {r['hyperlight']} | {r['peft / base']} | {r['ratio']}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def training(model, ids: torch.Tensor, autocast, **conditions) -> Callable[[], None]:
+    """One optimizer step of `model` on `ids` (labels = ids), as a callable to time. Fused AdamW: what
+    Transformers' Trainer uses by default (torch >= 2.8)."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+
+    def step() -> None:
+        with autocast:
+            loss = model(input_ids=ids, labels=ids, **conditions).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3) -> None:
+    """Where a training step's time goes, op by op, for hyperlight (8 tasks mixed) and PEFT (one adapter): the
+    profiler's table by self time on the device (on the CPU, by self CPU time), after two warm-up steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(1, size.vocab, (size.batch, size.seq), generator=torch.Generator().manual_seed(0)).to(device)
+    tasks = (torch.arange(size.batch) % TASKS).to(device)
+    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    for name, build, kw in [("hyperlight", hyper_model, {"task": tasks}), ("peft", peft_model, {})]:
+        step = training(build(llama(size, device=device)).train(), ids, autocast, **kw)
+        for _ in range(2):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+        print(f"## {name}: {steps} training steps, {size.hidden} hidden, {size.layers} layers, seq {size.seq}")
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        step = None
+
+
 def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, str]]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
@@ -180,14 +234,6 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     hyper = hyper_model(llama(size, device=device)).train()
     peft1 = peft_model(llama(size, device=device)).train()
 
-    def train_step(model, **kw):
-        opt = model._bench_opt
-        with autocast:
-            loss = model(input_ids=ids, labels=ids, **kw).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     def frozen_base_step(model):
         """The base's forward, and its backward to the activations (the embeddings require grad, so the backward
         walks every layer, as an adapter's does); run inside `model.disable_adapter()`, the same instance."""
@@ -196,20 +242,21 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
             loss = model(inputs_embeds=embeds, labels=ids).loss
         loss.backward()
 
-    for m in (hyper, peft1):  # fused AdamW: what Transformers' Trainer uses by default (torch >= 2.8)
-        m._bench_opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    train_step = training(hyper, ids, autocast, task=tasks), training(peft1, ids, autocast)
     times = timings(
         [
-            lambda: train_step(hyper, task=tasks),
+            train_step[0],
             (hyper.disable_adapter, lambda: frozen_base_step(hyper)),
-            lambda: train_step(peft1),
+            train_step[1],
             (peft1.disable_adapter, lambda: frozen_base_step(peft1)),
         ],
         size.repeats,
         sync,
     )
-    rows += overhead_rows("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", times, "<= 1.15", "<= 1.0")
-    hyper = peft1 = None  # free the training models before building the inference ones  # noqa: F841
+    measured(
+        rows, overhead_rows("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", times, "<= 1.15", "<= 1.0")
+    )
+    hyper = peft1 = train_step = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
     hyper = hyper_model(llama(size, device=device, dtype=dtype)).eval()
@@ -225,7 +272,9 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
             size.repeats,
             sync,
         )
-        rows += overhead_rows("mixed-task forward (PEFT: 8 adapters, adapter_names)", times, "<= 1.0", "<= 0.3")
+        measured(
+            rows, overhead_rows("mixed-task forward (PEFT: 8 adapters, adapter_names)", times, "<= 1.0", "<= 0.3")
+        )
         gen = {"max_new_tokens": size.new_tokens, "min_new_tokens": size.new_tokens, "do_sample": False}
         prompt = ids[:, : size.seq // 2]
         times = timings(
@@ -238,7 +287,9 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
             size.repeats,
             sync,
         )
-        rows += overhead_rows(f"mixed-task generate, {size.new_tokens} new tokens greedy", times, "<= 1.0", "<= 1.0")
+        measured(
+            rows, overhead_rows(f"mixed-task generate, {size.new_tokens} new tokens greedy", times, "<= 1.0", "<= 1.0")
+        )
 
         # 4. weights are generated once per distinct condition, and once per generate call
         def per_step_generation():  # what a wrapper without the cache does: run the generator at every step
@@ -259,14 +310,17 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
         t_cached, t_uncached = median_times(
             [lambda: hyper.generate(input_ids=prompt, task=tasks, **gen), per_step_generation], size.repeats, sync
         )
-        rows.append(
-            {
-                "what": "generate: weights once per call vs at every decoding step",
-                "hyperlight": f"{t_cached:.3f} s",
-                "peft / base": f"{t_uncached:.3f} s (every step)",
-                "ratio": f"{t_cached / t_uncached:.2f}",
-                "target": "< 1",
-            }
+        measured(
+            rows,
+            [
+                {
+                    "what": "generate: weights once per call vs at every decoding step",
+                    "hyperlight": f"{t_cached:.3f} s",
+                    "peft / base": f"{t_uncached:.3f} s (every step)",
+                    "ratio": f"{t_cached / t_uncached:.2f}",
+                    "target": "< 1",
+                }
+            ],
         )
         repeated = tasks.new_full(tasks.shape, 3)
         calls = []
@@ -274,21 +328,24 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
         hyper(input_ids=ids, task=repeated)
         hyper(input_ids=ids, task=tasks)
         hook.remove()
-        rows.append(
-            {
-                "what": f"generator rows for a batch of {size.batch}: one task / {TASKS} tasks",
-                "hyperlight": f"{calls[0]} / {calls[1]}",
-                "peft / base": "-",
-                "ratio": "-",
-                "target": f"1 / {min(TASKS, size.batch)}",
-            }
+        measured(
+            rows,
+            [
+                {
+                    "what": f"generator rows for a batch of {size.batch}: one task / {TASKS} tasks",
+                    "hyperlight": f"{calls[0]} / {calls[1]}",
+                    "peft / base": "-",
+                    "ratio": "-",
+                    "target": f"1 / {min(TASKS, size.batch)}",
+                }
+            ],
         )
 
         # 5. merged model vs the plain base model
         merged = hyper.merge_and_unload(task=2)
         plain = llama(size, device=device, dtype=dtype)  # built only now: the timings above hold two models
         t_m, t_b = median_times([lambda: merged(input_ids=ids), lambda: plain(input_ids=ids)], size.repeats, sync)
-        rows.append(row("merge_and_unload(task=2) forward vs the base model", t_m, t_b, "1.00 ± noise"))
+        measured(rows, [row("merge_and_unload(task=2) forward vs the base model", t_m, t_b, "1.00 ± noise")])
     return rows
 
 
@@ -384,6 +441,7 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="small, default, large: issue 14's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "size", "memory"])
+    parser.add_argument("--profile", action="store_true", help="profile a training step of each method instead")
     parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = SIZES[args.size]
@@ -392,6 +450,9 @@ def main() -> None:
         return
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.profile:
+        profile_training(size, args.device, dtype)
+        return
     rows = []
     if "speed" not in args.skip:
         rows += speed_rows(size, args.device, dtype)
