@@ -60,8 +60,10 @@ def lowrank_add(
         return torch.addmm(y.reshape(-1, out_features), h, lora_b.T).reshape(*x.shape[:-1], out_features)
     plan.rows_per_value(_rows(x), "low-rank linear")
     x3 = _group(x, batch)  # (B, k·T, in)
-    # (A xᵀ)ᵀ rather than x Aᵀ: the product's narrow side (r) as rows, 1.5-2x faster on CPU, backward included
-    h = torch.bmm(lora_a, x3.transpose(1, 2)).transpose(1, 2)  # (B, k·T, r)
+    if x.device.type == "cpu":  # (A xᵀ)ᵀ: the narrow side (r) as rows, 1.5-2x faster on CPU, backward included
+        h = torch.bmm(lora_a, x3.transpose(1, 2)).transpose(1, 2)  # (B, k·T, r)
+    else:  # x Aᵀ: on a GPU the transposed x made autocast's cast and x's gradient strided (non-vectorised) kernels
+        h = torch.bmm(x3, lora_a.transpose(1, 2))
     # y itself when it has the grouped shape already: autograd records an in-place op on a view as a copy of
     # the whole base in backward (CopySlices), a zero-filled buffer and two more passes per layer
     y3 = y if y.shape[:-1] == x3.shape[:-1] else _group(y, batch)  # (B, k·T, out)
