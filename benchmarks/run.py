@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -221,7 +222,7 @@ def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3
         step = None
 
 
-def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, str]]:
+def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool = False) -> list[dict[str, str]]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, size.vocab, (size.batch, size.seq), generator=g).to(device)
@@ -256,6 +257,8 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype) -> list[dict[str, st
     measured(
         rows, overhead_rows("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", times, "<= 1.15", "<= 1.0")
     )
+    if training_only:
+        return rows
     hyper = peft1 = train_step = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
@@ -408,7 +411,7 @@ def memory_rows(size: Size, device: str) -> list[dict[str, str]]:
 
 
 def _size_name(size: Size) -> str:
-    return next(k for k, v in SIZES.items() if v == size)
+    return next(k for k, v in SIZES.items() if dataclasses.replace(v, repeats=size.repeats) == size)
 
 
 def memory_probe(side: str, size: Size) -> None:
@@ -441,10 +444,14 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="small, default, large: issue 14's")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "size", "memory"])
+    parser.add_argument("--repeats", type=int, help="timed repeats per row (default: the size's)")
+    parser.add_argument("--training-only", action="store_true", help="of the speed rows, only the training step")
     parser.add_argument("--profile", action="store_true", help="profile a training step of each method instead")
     parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = SIZES[args.size]
+    if args.repeats:
+        size = dataclasses.replace(size, repeats=args.repeats)
     if args.memory_probe:
         memory_probe(args.memory_probe, size)
         return
@@ -455,7 +462,7 @@ def main() -> None:
         return
     rows = []
     if "speed" not in args.skip:
-        rows += speed_rows(size, args.device, dtype)
+        rows += speed_rows(size, args.device, dtype, args.training_only)
     if "size" not in args.skip:
         rows += size_rows()
     if "memory" not in args.skip:
