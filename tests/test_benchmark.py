@@ -48,7 +48,12 @@ def test_gpu_session_script_runs_its_steps_on_a_cpu(tmp_path):
     env["PYTHON"] = sys.executable
     proc = subprocess.run(["bash", str(GPU_SESSION)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_bench.md", "gpu_checks.log", "gpu_env.txt", "gpu_profile.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "gpu_bench.md",
+        "gpu_checks.log",
+        "gpu_env.txt",
+        "gpu_profile.txt",
+    ]
     checks = (tmp_path / "gpu_checks.log").read_text()
     assert "FAIL" not in checks and checks.count("ok  ") >= 5, checks
     assert "training step, above the base" in (tmp_path / "gpu_bench.md").read_text()

@@ -1,6 +1,6 @@
 """The per-call fast paths (issue 14) against plain references: the low-rank update added in place into a linear
-layer's fresh output, the `(A xᵀ)ᵀ` product, and the shared generator's one trunk pass for all targets, each
-forward and backward."""
+layer's fresh output, the custom backward of the per-example product, and the shared generator's one trunk pass
+for all targets, each forward and backward."""
 
 from __future__ import annotations
 
@@ -25,24 +25,64 @@ def _reference(y, x, a, b, scaling):
 
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("scaling", [1.0, 0.5])
-def test_lowrank_add_per_example_equals_the_reference_forward_and_backward(in_place, scaling):
+@pytest.mark.parametrize("needs", ["xab", "ab", "x", "b"])
+def test_lowrank_add_per_example_equals_the_reference_forward_and_backward(in_place, scaling, needs):
+    """The custom backward (`_PerExampleLowRank`) against einsum's autograd, for every subset of inputs that
+    needs a gradient; x also feeds the base linear, so its two gradients accumulate, as in a model."""
     torch.manual_seed(0)
-    x = torch.randn(3, 5, 6, requires_grad=True)
-    a = torch.randn(3, 2, 6, requires_grad=True)
-    b = torch.randn(3, 4, 2, requires_grad=True)
+    leaf = torch.randn(3, 5, 6, requires_grad="x" in needs)
+    a = torch.randn(3, 2, 6, requires_grad="a" in needs)
+    b = torch.randn(3, 4, 2, requires_grad="b" in needs)
     weight = torch.randn(4, 6)
     grad = torch.randn(3, 5, 4)
+    wanted = [t for t in (leaf, a, b) if t.requires_grad]
 
+    x = leaf * 1.5  # an intermediate, as a layer's input is
     y = torch.nn.functional.linear(x, weight)
     out = lowrank_add(y, x, a, b, scaling, Plan(3), in_place=in_place)
     assert (out.data_ptr() == y.data_ptr()) == in_place  # in place: the linear output itself, no new tensor
-    got = torch.autograd.grad(out, (x, a, b), grad)
+    got = torch.autograd.grad(out, wanted, grad)
 
+    x = leaf * 1.5
     expected = _reference(torch.nn.functional.linear(x, weight), x, a, b, scaling)
-    want = torch.autograd.grad(expected, (x, a, b), grad)
+    want = torch.autograd.grad(expected, wanted, grad)
     torch.testing.assert_close(out, expected)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+    if leaf.requires_grad:  # x's gradient comes back contiguous, to be added to its other gradients
+        assert got[0].is_contiguous()
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_lowrank_add_custom_backward_passes_gradcheck(in_place):
+    """Float64 finite differences through the custom backward, including the gradient that flows on through y."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 5, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, a, b, weight):
+        return lowrank_add(torch.nn.functional.linear(x, weight), x, a, b, 0.7, Plan(2), in_place=in_place)
+
+    assert torch.autograd.gradcheck(fn, (x, a, b, weight))
+    assert torch.autograd.gradgradcheck(fn, (x, a, b, weight))
+
+
+def test_lowrank_add_under_functorch_transforms_and_without_grad_equals_the_reference():
+    """vmap and jvp (which the custom backward does not define) and no-grad inference take the builtin ops."""
+    torch.manual_seed(0)
+    x, a, b = torch.randn(3, 5, 6), torch.randn(3, 2, 6), torch.randn(3, 4, 2)
+    y, tangent = torch.randn(3, 5, 4), torch.randn(3, 5, 6)
+    expected = _reference(y, x, a, b, 0.5)
+
+    with torch.no_grad():
+        torch.testing.assert_close(lowrank_add(y.clone(), x, a, b, 0.5, Plan(3), in_place=True), expected)
+    out, jvp = torch.func.jvp(lambda x: lowrank_add(y, x, a, b, 0.5, Plan(3)), (x,), (tangent,))
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(jvp, _reference(torch.zeros_like(y), tangent, a, b, 0.5))
+    batched = torch.func.vmap(lambda x: lowrank_add(y, x, a, b, 0.5, Plan(3)))(torch.stack([x, 2 * x]))
+    torch.testing.assert_close(batched[1], _reference(y, 2 * x, a, b, 0.5))
 
 
 def test_lowrank_add_in_place_under_autocast_takes_the_outputs_dtype():
@@ -56,6 +96,22 @@ def test_lowrank_add_in_place_under_autocast_takes_the_outputs_dtype():
         kept = lowrank_add(torch.nn.functional.linear(x, weight), x, a, b, 1.0, Plan(2), in_place=False)
     assert fresh.dtype == kept.dtype == torch.bfloat16
     torch.testing.assert_close(fresh, kept, atol=0.1, rtol=0.02)  # one bf16 rounding apart at most
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_lowrank_add_backward_under_autocast_matches_the_reference_in_each_inputs_dtype(in_place):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    a, b = torch.randn(2, 4, 8, requires_grad=True), torch.randn(2, 6, 4, requires_grad=True)
+    weight, grad = torch.randn(6, 8), torch.randn(2, 3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lowrank_add(torch.nn.functional.linear(x, weight), x, a, b, 0.5, Plan(2), in_place=in_place)
+    got = torch.autograd.grad(out, (x, a, b), grad.to(out.dtype))
+    expected = _reference(torch.nn.functional.linear(x, weight), x, a, b, 0.5)
+    want = torch.autograd.grad(expected, (x, a, b), grad)
+    for g, w, t in zip(got, want, (x, a, b)):
+        assert g.dtype == t.dtype == torch.float32
+        torch.testing.assert_close(g, w, atol=0.15, rtol=0.05)  # bf16 products
 
 
 class _HeldOutputLinear(nn.Module):
