@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -45,6 +46,7 @@ class Size:
     batch: int
     new_tokens: int
     repeats: int
+    generator_hidden: int = 64  # the hypernetwork trunk's width (HyperConfig.hidden_size; 64 is its default)
 
 
 SIZES = {
@@ -78,10 +80,15 @@ def llama(size: Size, *, device: str = "cpu", dtype: torch.dtype = torch.float32
         return LlamaForCausalLM(config).to(dtype=dtype).eval()
 
 
-def hyper_model(base, *, tasks: int = TASKS, targets: list[str] = TARGETS):
+def hyper_model(base, *, tasks: int = TASKS, targets: list[str] = TARGETS, hidden_size: int = 64):
     from hyperlight import HyperConfig, get_hyper_model
 
-    config = HyperConfig(target_modules=targets, conditions={"task": {"type": "categorical", "num": tasks}}, rank=RANK)
+    config = HyperConfig(
+        target_modules=targets,
+        conditions={"task": {"type": "categorical", "num": tasks}},
+        rank=RANK,
+        hidden_size=hidden_size,
+    )
     hyper = get_hyper_model(base, config)
     with torch.no_grad():  # leave the identity init so both sides compute a non-trivial update
         for p in hyper.generator.parameters():
@@ -206,7 +213,8 @@ def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3
     autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    for name, build, kw in [("hyperlight", hyper_model, {"task": tasks}), ("peft", peft_model, {})]:
+    hyper = functools.partial(hyper_model, hidden_size=size.generator_hidden)
+    for name, build, kw in [("hyperlight", hyper, {"task": tasks}), ("peft", peft_model, {})]:
         step = training(build(llama(size, device=device)).train(), ids, autocast, **kw)
         for _ in range(2):
             step()
@@ -232,7 +240,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
     rows = []
 
     # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
-    hyper = hyper_model(llama(size, device=device)).train()
+    hyper = hyper_model(llama(size, device=device), hidden_size=size.generator_hidden).train()
     peft1 = peft_model(llama(size, device=device)).train()
 
     def frozen_base_step(model):
@@ -262,7 +270,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
     hyper = peft1 = train_step = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
-    hyper = hyper_model(llama(size, device=device, dtype=dtype)).eval()
+    hyper = hyper_model(llama(size, device=device, dtype=dtype), hidden_size=size.generator_hidden).eval()
     peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
     with torch.no_grad():
         times = timings(
@@ -411,7 +419,11 @@ def memory_rows(size: Size, device: str) -> list[dict[str, str]]:
 
 
 def _size_name(size: Size) -> str:
-    return next(k for k, v in SIZES.items() if dataclasses.replace(v, repeats=size.repeats) == size)
+    return next(
+        k
+        for k, v in SIZES.items()
+        if dataclasses.replace(v, repeats=size.repeats, generator_hidden=size.generator_hidden) == size
+    )
 
 
 def memory_probe(side: str, size: Size) -> None:
@@ -445,6 +457,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "size", "memory"])
     parser.add_argument("--repeats", type=int, help="timed repeats per row (default: the size's)")
+    parser.add_argument("--generator-hidden", type=int, help="the generator trunk's width (default 64, the config's)")
     parser.add_argument("--training-only", action="store_true", help="of the speed rows, only the training step")
     parser.add_argument("--profile", action="store_true", help="profile a training step of each method instead")
     parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)
@@ -452,6 +465,8 @@ def main() -> None:
     size = SIZES[args.size]
     if args.repeats:
         size = dataclasses.replace(size, repeats=args.repeats)
+    if args.generator_hidden:
+        size = dataclasses.replace(size, generator_hidden=args.generator_hidden)
     if args.memory_probe:
         memory_probe(args.memory_probe, size)
         return
@@ -470,7 +485,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(
         f"# {args.size}: hidden {size.hidden}, {size.layers} layers, seq {size.seq}, batch {size.batch}, "
-        f"rank {RANK} on q,k,v,o, {TASKS} tasks; {device}, {dtype}; torch {torch.__version__}"
+        f"rank {RANK} on q,k,v,o, {TASKS} tasks, generator width {size.generator_hidden}; {device}, {dtype}; "
+        f"torch {torch.__version__}"
     )
     print(markdown(rows))
 
