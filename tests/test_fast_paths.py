@@ -204,3 +204,23 @@ def test_shared_generator_equals_each_target_computed_alone_forward_and_backward
             torch.testing.assert_close(out[target][name], value)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_lowrank_add_with_expanded_rows_adds_into_a_view_and_matches_the_reference(in_place):
+    """k rows per value (beam search, repeated prompts): y is grouped as a view, and the in-place update into it
+    still sends the right gradients to x and to each value's factors."""
+    torch.manual_seed(0)
+    leaf = torch.randn(4, 5, 6, requires_grad=True)  # 2 values, 2 rows each
+    a, b = torch.randn(2, 2, 6, requires_grad=True), torch.randn(2, 3, 2, requires_grad=True)
+    weight, grad = torch.randn(3, 6), torch.randn(4, 5, 3)
+    x = leaf * 1.0
+    out = lowrank_add(torch.nn.functional.linear(x, weight), x, a, b, 0.5, Plan(2), in_place=in_place)
+    got = torch.autograd.grad(out, (leaf, a, b), grad)
+    x = leaf * 1.0
+    expected = _reference(
+        torch.nn.functional.linear(x, weight), x, a.repeat_interleave(2, 0), b.repeat_interleave(2, 0), 0.5
+    )
+    torch.testing.assert_close(out, expected)
+    for g, w in zip(got, torch.autograd.grad(expected, (leaf, a, b), grad)):
+        torch.testing.assert_close(g, w)

@@ -70,7 +70,8 @@ def lowrank_add(
         # (torch 2.13) gave wrong gradients; the compiler fuses the addition anyway
         in_place = in_place and not torch.compiler.is_compiling()
         # one dtype for every operand, the one autocast's baddbmm would give (in place: y's own)
-        dtype = y.dtype if in_place or not torch.is_autocast_enabled(y.device.type) else _autocast_dtype(y)
+        device = y.device.type
+        dtype = y.dtype if in_place or not torch.is_autocast_enabled(device) else torch.get_autocast_dtype(device)
         out = _PerExampleLowRank.apply(
             y3 if in_place else y3.to(dtype), x3.to(dtype), lora_a.to(dtype), lora_b.to(dtype), in_place
         )
@@ -130,10 +131,6 @@ def _transformed() -> bool:
     """A functorch transform (vmap, grad, jvp) or forward-mode AD is active: `_PerExampleLowRank` defines
     neither a vmap rule nor a jvp, so the builtin ops run instead."""
     return torch._C._are_functorch_transforms_active() or getattr(forward_ad, "_current_level", -1) >= 0
-
-
-def _autocast_dtype(t: Tensor) -> torch.dtype:
-    return torch.get_autocast_dtype(t.device.type)
 
 
 def _no_autocast(t: Tensor):
