@@ -224,3 +224,47 @@ def test_lowrank_add_with_expanded_rows_adds_into_a_view_and_matches_the_referen
     torch.testing.assert_close(out, expected)
     for g, w in zip(got, torch.autograd.grad(expected, (leaf, a, b), grad)):
         torch.testing.assert_close(g, w)
+
+
+def test_lowrank_add_under_autocast_leaves_float64_alone():
+    """Autocast does not cast float64: neither does the custom path (it once cast everything to bf16)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    a = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 5, 2, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 3, 5, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lowrank_add(y, x, a, b, 0.5, Plan(2), in_place=False)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, _reference(y, x, a, b, 0.5))
+
+
+def test_lowrank_add_in_place_into_its_own_input_still_matches_the_reference():
+    """y the same tensor as x (not a fresh output: the in-place contract broken by a caller) adds out of place
+    rather than change the x saved for backward."""
+    torch.manual_seed(0)
+    leaf = torch.randn(2, 3, 4, requires_grad=True)
+    a, b = torch.randn(2, 2, 4, requires_grad=True), torch.randn(2, 4, 2, requires_grad=True)
+    x = leaf * 1.0
+    got = torch.autograd.grad(lowrank_add(x, x, a, b, 0.5, Plan(2), in_place=True).pow(2).sum(), (leaf, a, b))
+    x = leaf * 1.0
+    want = torch.autograd.grad(_reference(x, x, a, b, 0.5).pow(2).sum(), (leaf, a, b))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the plan's shape checks are Python bools
+def test_lowrank_add_in_place_traces_with_torch_jit():
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(6, 6)
+            self.a, self.b = nn.Parameter(torch.randn(3, 2, 6)), nn.Parameter(torch.randn(3, 6, 2))
+
+        def forward(self, x):
+            return lowrank_add(self.linear(x), x, self.a, self.b, 0.5, Plan(3), in_place=True)
+
+    torch.manual_seed(0)
+    layer, x = Layer(), torch.randn(3, 4, 6)
+    traced = torch.jit.trace(layer, (x,), check_trace=False)
+    torch.testing.assert_close(traced(x), _reference(layer.linear(x), x, layer.a, layer.b, 0.5))

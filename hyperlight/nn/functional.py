@@ -66,12 +66,17 @@ def lowrank_add(
     # the whole base in backward (CopySlices), a zero-filled buffer and two more passes per layer
     y3 = y if y.shape[:-1] == x3.shape[:-1] else _group(y, batch)  # (B, k·T, out)
     if x.device.type == "cpu" and torch.is_grad_enabled() and not _transformed():
-        # compiled code gets no in-place custom op: its in-place variant (`mark_dirty`) traced by torch.compile
-        # (torch 2.13) gave wrong gradients; the compiler fuses the addition anyway
-        in_place = in_place and not torch.compiler.is_compiling()
-        # one dtype for every operand, the one autocast's baddbmm would give (in place: y's own)
+        # compiled and traced code get no in-place custom op: torch.compile (torch 2.13) traced its `mark_dirty`
+        # variant into wrong gradients, torch.jit.trace refuses it; the compiler fuses the addition anyway
+        in_place = in_place and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+        # a y that shares memory with x (a caller breaking the in-place contract) would change the x saved for
+        # backward, and the custom Function's saved tensors are versioned only after its forward: add out of place
+        in_place = in_place and y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+        # one dtype for every operand, the one autocast's baddbmm would give (in place: y's own); autocast leaves
+        # float64 alone
         device = y.device.type
-        dtype = y.dtype if in_place or not torch.is_autocast_enabled(device) else torch.get_autocast_dtype(device)
+        autocast = torch.is_autocast_enabled(device) and {x.dtype, y.dtype} <= _AUTOCAST_CASTS
+        dtype = torch.get_autocast_dtype(device) if autocast and not in_place else y.dtype
         out = _PerExampleLowRank.apply(
             y3 if in_place else y3.to(dtype), x3.to(dtype), lora_a.to(dtype), lora_b.to(dtype), in_place
         )
@@ -125,6 +130,9 @@ class _PerExampleLowRank(torch.autograd.Function):
                     h_t = torch.bmm(a, x.transpose(1, 2))
                 grad_b = torch.bmm(h_t, g).transpose(1, 2)  # (B, out, r), computed as (B, r, out)
         return g, grad_x, grad_a, grad_b, None
+
+
+_AUTOCAST_CASTS = {torch.float32, torch.float16, torch.bfloat16}  # the dtypes autocast casts (not float64)
 
 
 def _transformed() -> bool:
