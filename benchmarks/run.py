@@ -188,6 +188,16 @@ def measured(rows: list[dict[str, str]], new: list[dict[str, str]]) -> None:
         )
 
 
+def setup(size: Size, device: str, dtype: torch.dtype):
+    """The inputs every timed section shares: token ids, one task per row (every batch mixes all tasks), the
+    autocast context (bf16 on a GPU, off in fp32) and the device synchronisation to time with."""
+    ids = torch.randint(1, size.vocab, (size.batch, size.seq), generator=torch.Generator().manual_seed(0)).to(device)
+    tasks = (torch.arange(size.batch) % TASKS).to(device)
+    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return ids, tasks, autocast, sync
+
+
 def training(model, ids: torch.Tensor, autocast, **conditions) -> Callable[[], None]:
     """One optimizer step of `model` on `ids` (labels = ids), as a callable to time. Fused AdamW: what
     Transformers' Trainer uses by default (torch >= 2.8)."""
@@ -208,9 +218,7 @@ def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3
     profiler's table by self time on the device (on the CPU, by self CPU time), after two warm-up steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    ids = torch.randint(1, size.vocab, (size.batch, size.seq), generator=torch.Generator().manual_seed(0)).to(device)
-    tasks = (torch.arange(size.batch) % TASKS).to(device)
-    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+    ids, tasks, autocast, sync = setup(size, device, dtype)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     hyper = functools.partial(hyper_model, hidden_size=size.generator_hidden)
@@ -218,25 +226,19 @@ def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3
         step = training(build(llama(size, device=device)).train(), ids, autocast, **kw)
         for _ in range(2):
             step()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync()
         with profile(activities=activities) as prof:
             for _ in range(steps):
                 step()
-            if device == "cuda":
-                torch.cuda.synchronize()
+            sync()
         print(f"## {name}: {steps} training steps, {size.hidden} hidden, {size.layers} layers, seq {size.seq}")
         print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
         step = None
 
 
 def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool = False) -> list[dict[str, str]]:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, size.vocab, (size.batch, size.seq), generator=g).to(device)
-    tasks = (torch.arange(size.batch) % TASKS).to(device)  # every batch mixes all tasks
+    ids, tasks, autocast, sync = setup(size, device, dtype)
     names = [f"task{int(t)}" for t in tasks]
-    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
     rows = []
 
     # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
