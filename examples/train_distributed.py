@@ -153,4 +153,7 @@ if __name__ == "__main__":
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()  # leaving gloo's threads up at interpreter exit can abort a process
+            # every rank reaches teardown before any closes its gloo pairs: a rank that destroyed the group while a
+            # peer still wrote its files aborted the peer ("terminate called without an active exception")
+            dist.barrier()
+            dist.destroy_process_group()
