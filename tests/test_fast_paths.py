@@ -268,3 +268,22 @@ def test_lowrank_add_in_place_traces_with_torch_jit():
     layer, x = Layer(), torch.randn(3, 4, 6)
     traced = torch.jit.trace(layer, (x,), check_trace=False)
     torch.testing.assert_close(traced(x), _reference(layer.linear(x), x, layer.a, layer.b, 0.5))
+
+
+def test_x_gradients_of_the_base_and_the_update_add_in_place():
+    """x's gradient reaches it from the base linear and from the low-rank update (the custom backward, the CPU
+    training path); the update takes x itself, not a same-shape view of it, so the autograd engine adds the two
+    into one buffer in place instead of allocating a third (B, T, in) tensor per layer (a view keeps its base
+    alive, which rules the in-place addition out)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    leaf = torch.randn(4, 16, 32, requires_grad=True)
+    a, b = torch.randn(4, 2, 32), torch.randn(4, 8, 2)
+    x = leaf * 1.0
+    y = torch.nn.functional.linear(x, torch.randn(8, 32))
+    out = lowrank_add(y, x, a, b, 1.0, Plan(4), in_place=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out.backward(torch.ones_like(out))
+    adds = {e.key: e.count for e in prof.key_averages() if e.key in ("aten::add", "aten::add_")}
+    assert adds.get("aten::add", 0) == 0 and adds.get("aten::add_", 0) >= 1, adds

@@ -24,7 +24,13 @@ def _rows(x: Tensor) -> int:
 
 
 def _group(x: Tensor, batch: int) -> Tensor:
-    """(B·k, ..., C) -> (B, k·…, C): the rows that share value b side by side (an empty batch stays empty)."""
+    """(B·k, ..., C) -> (B, k·…, C): the rows that share value b side by side (an empty batch stays empty).
+
+    An x of that shape already is returned itself, not as a view of itself: the gradient of a view reaches x
+    through a view node, and the autograd engine adds a view's gradient to x's other gradients (the base
+    layer's) out of place, a new (B, T, C) tensor per layer, where a plain tensor is added into in place."""
+    if x.dim() == 3 and x.shape[0] == batch:
+        return x
     return x.reshape(batch, -1 if batch else 0, x.shape[-1])
 
 
@@ -62,9 +68,9 @@ def lowrank_add(
         return torch.addmm(y.reshape(-1, out_features), h, lora_b.T).reshape(*x.shape[:-1], out_features)
     plan.rows_per_value(_rows(x), "low-rank linear")
     x3 = _group(x, batch)  # (B, k·T, in)
-    # y itself when it has the grouped shape already: autograd records an in-place op on a view as a copy of
-    # the whole base in backward (CopySlices), a zero-filled buffer and two more passes per layer
-    y3 = y if y.shape[:-1] == x3.shape[:-1] else _group(y, batch)  # (B, k·T, out)
+    # y itself when it has the grouped shape already (`_group`): autograd records an in-place op on a view as a
+    # copy of the whole base in backward (CopySlices), a zero-filled buffer and two more passes per layer
+    y3 = _group(y, batch)  # (B, k·T, out)
     if x.device.type == "cpu" and torch.is_grad_enabled() and not _transformed():
         # compiled and traced code get no in-place custom op: torch.compile (torch 2.13) traced its `mark_dirty`
         # variant into wrong gradients, torch.jit.trace refuses it; the compiler fuses the addition anyway
