@@ -46,12 +46,8 @@ class _TypeHead(nn.Module):
         super().__init__()
         self.target_names = [t.name for t in targets]
         self.shapes = dict(targets[0].shapes)
-        self.offsets = []
-        offset = 0
-        for shape in self.shapes.values():
-            self.offsets.append((offset, _numel(shape)))
-            offset += _numel(shape)
-        self.proj = nn.Linear(hidden, offset, bias=False)
+        self.sizes = [_numel(shape) for shape in self.shapes.values()]  # each external's block of the output
+        self.proj = nn.Linear(hidden, sum(self.sizes), bias=False)
         full = bool(targets[0].base)
         with torch.no_grad():
             self.proj.weight.zero_()
@@ -63,10 +59,9 @@ class _TypeHead(nn.Module):
                 self.base = None
                 theta0 = [initial_value(n, s).flatten() for n, s in self.shapes.items()]
                 self.theta0 = nn.Parameter(torch.cat(theta0))  # shared start for every layer of this type
-                for (name, shape), (start, size) in zip(self.shapes.items(), self.offsets):
+                for (name, shape), rows in zip(self.shapes.items(), self.proj.weight.split(self.sizes)):
                     if name == "lora_A":  # per-layer, per-condition variety of A; B's rows stay zero (identity)
-                        std = 1.0 / math.sqrt(3 * shape[-1]) / math.sqrt(hidden)
-                        self.proj.weight[start : start + size].normal_(0.0, std)
+                        rows.normal_(0.0, 1.0 / math.sqrt(3 * shape[-1]) / math.sqrt(hidden))
 
     def forward(self, h: Tensor) -> dict[str, dict[str, Tensor]]:
         """`h (N, U, H)` (target-major) -> `{target: {external: (U, *shape)}}`."""
@@ -78,7 +73,7 @@ class _TypeHead(nn.Module):
         out: dict[str, dict[str, Tensor]] = {t: {} for t in self.target_names}
         # one split and one unbind per external: their backwards are one cat and one stack, where a slice per
         # target would give each target's gradient a zero-filled buffer of the whole (N, U, numel) output
-        for (name, shape), piece in zip(self.shapes.items(), flat.split([size for _, size in self.offsets], -1)):
+        for (name, shape), piece in zip(self.shapes.items(), flat.split(self.sizes, -1)):
             for target, value in zip(self.target_names, piece.unflatten(-1, shape).unbind(0)):
                 out[target][name] = value  # (U, *shape)
         return out
