@@ -47,6 +47,7 @@ class Size:
     new_tokens: int
     repeats: int
     generator_hidden: int = 64  # the hypernetwork trunk's width (HyperConfig.hidden_size; 64 is its default)
+    share_heads: bool = False  # HyperConfig.share_heads: module types of equal shapes share one head
 
 
 SIZES = {
@@ -80,7 +81,9 @@ def llama(size: Size, *, device: str = "cpu", dtype: torch.dtype = torch.float32
         return LlamaForCausalLM(config).to(dtype=dtype).eval()
 
 
-def hyper_model(base, *, tasks: int = TASKS, targets: list[str] = TARGETS, hidden_size: int = 64):
+def hyper_model(
+    base, *, tasks: int = TASKS, targets: list[str] = TARGETS, hidden_size: int = 64, share_heads: bool = False
+):
     from hyperlight import HyperConfig, get_hyper_model
 
     config = HyperConfig(
@@ -88,6 +91,7 @@ def hyper_model(base, *, tasks: int = TASKS, targets: list[str] = TARGETS, hidde
         conditions={"task": {"type": "categorical", "num": tasks}},
         rank=RANK,
         hidden_size=hidden_size,
+        share_heads=share_heads,
     )
     hyper = get_hyper_model(base, config)
     with torch.no_grad():  # leave the identity init so both sides compute a non-trivial update
@@ -221,7 +225,7 @@ def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3
     ids, tasks, autocast, sync = setup(size, device, dtype)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    hyper = functools.partial(hyper_model, hidden_size=size.generator_hidden)
+    hyper = functools.partial(hyper_model, hidden_size=size.generator_hidden, share_heads=size.share_heads)
     for name, build, kw in [("hyperlight", hyper, {"task": tasks}), ("peft", peft_model, {})]:
         step = training(build(llama(size, device=device)).train(), ids, autocast, **kw)
         for _ in range(2):
@@ -242,7 +246,8 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
     rows = []
 
     # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
-    hyper = hyper_model(llama(size, device=device), hidden_size=size.generator_hidden).train()
+    hyper = hyper_model(llama(size, device=device), hidden_size=size.generator_hidden, share_heads=size.share_heads)
+    hyper.train()
     peft1 = peft_model(llama(size, device=device)).train()
 
     def frozen_base_step(model):
@@ -272,7 +277,9 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
     hyper = peft1 = train_step = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
-    hyper = hyper_model(llama(size, device=device, dtype=dtype), hidden_size=size.generator_hidden).eval()
+    hyper = hyper_model(
+        llama(size, device=device, dtype=dtype), hidden_size=size.generator_hidden, share_heads=size.share_heads
+    ).eval()
     peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
     with torch.no_grad():
         times = timings(
@@ -408,6 +415,9 @@ def size_rows() -> list[dict[str, str]]:
             for tasks in (10, 100, 1000):
                 hyper = hyper_model_meta(llama(size, device="meta"), tasks)
                 counts[tasks] = hyper.get_nb_trainable_parameters()[0]
+            shared = hyper_model_meta(llama(size, device="meta"), 1000, share_heads=True)
+            heads = (len(hyper.generator.heads), len(shared.generator.heads))
+            shared_count = shared.get_nb_trainable_parameters()[0]
         lora10 = 10 * lora1
         best = counts[1000]
         rows.append(
@@ -419,14 +429,27 @@ def size_rows() -> list[dict[str, str]]:
                 "target": "< 10 adapters, < 1%",
             }
         )
+        rows.append(
+            {
+                "what": f"{name}, the same with share_heads=True ({heads[0]} -> {heads[1]} heads), 1000 tasks",
+                "hyperlight": f"{shared_count / 1e6:.1f}M",
+                "peft / base": f"{lora10 / 1e6:.1f}M (10 adapters)",
+                "ratio": f"{shared_count / lora10:.2f} of 10 adapters; "
+                f"{100 * shared_count / base_params:.2f}% of base",
+                "target": "< 10 adapters, < 1%",
+            }
+        )
     return rows
 
 
-def hyper_model_meta(base, tasks: int):
+def hyper_model_meta(base, tasks: int, share_heads: bool = False):
     from hyperlight import HyperConfig, get_hyper_model
 
     config = HyperConfig(
-        target_modules=ALL_TARGETS, conditions={"task": {"type": "categorical", "num": tasks}}, rank=RANK
+        target_modules=ALL_TARGETS,
+        conditions={"task": {"type": "categorical", "num": tasks}},
+        rank=RANK,
+        share_heads=share_heads,
     )
     return get_hyper_model(base, config)
 
@@ -452,7 +475,10 @@ def _size_name(size: Size) -> str:
     return next(
         k
         for k, v in SIZES.items()
-        if dataclasses.replace(v, repeats=size.repeats, generator_hidden=size.generator_hidden) == size
+        if dataclasses.replace(
+            v, repeats=size.repeats, generator_hidden=size.generator_hidden, share_heads=size.share_heads
+        )
+        == size
     )
 
 
@@ -488,6 +514,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["speed", "size", "memory"])
     parser.add_argument("--repeats", type=int, help="timed repeats per row (default: the size's)")
     parser.add_argument("--generator-hidden", type=int, help="the generator trunk's width (default 64, the config's)")
+    parser.add_argument("--share-heads", action="store_true", help="HyperConfig(share_heads=True) for hyperlight")
     parser.add_argument("--training-only", action="store_true", help="of the speed rows, only the training step")
     parser.add_argument("--profile", action="store_true", help="profile a training step of each method instead")
     parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)
@@ -497,6 +524,8 @@ def main() -> None:
         size = dataclasses.replace(size, repeats=args.repeats)
     if args.generator_hidden:
         size = dataclasses.replace(size, generator_hidden=args.generator_hidden)
+    if args.share_heads:
+        size = dataclasses.replace(size, share_heads=True)
     if args.memory_probe:
         memory_probe(args.memory_probe, size)
         return
@@ -515,8 +544,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(
         f"# {args.size}: hidden {size.hidden}, {size.layers} layers, seq {size.seq}, batch {size.batch}, "
-        f"rank {RANK} on q,k,v,o, {TASKS} tasks, generator width {size.generator_hidden}; {device}, {dtype}; "
-        f"torch {torch.__version__}"
+        f"rank {RANK} on q,k,v,o, {TASKS} tasks, generator width {size.generator_hidden}"
+        f"{', shared heads' if size.share_heads else ''}; {device}, {dtype}; torch {torch.__version__}"
     )
     print(markdown(rows))
 

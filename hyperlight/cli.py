@@ -331,7 +331,8 @@ def _inspect_text(r: dict[str, Any]) -> str:
     if c["modules_to_save"]:
         lines.append(f"modules_to_save: {json.dumps(c['modules_to_save'])}")
     sizes = ("condition_dim", "hidden_size", "num_layers", "layer_embedding_dim", "type_embedding_dim")
-    lines.append(f"generator: {c['generator']}, " + ", ".join(f"{k} {c[k]}" for k in sizes))
+    shared = ", share_heads" if c.get("share_heads") else ""  # checkpoints from before the field have none
+    lines.append(f"generator: {c['generator']}{shared}, " + ", ".join(f"{k} {c[k]}" for k in sizes))
     lines.append(f"targets ({len(r['targets'])}):")
     for name, shapes in r["targets"].items():
         lines.append(f"  {name}  " + "  ".join(f"{k} {tuple(v)}" for k, v in shapes.items()))
@@ -467,6 +468,7 @@ def distill_config(args: argparse.Namespace, adapters: Mapping[Any, Path]) -> An
         "rank": args.rank if args.rank is not None else max(int(c.get("r", 8)) for c in peft),
         "alpha": args.alpha if args.alpha is not None else float(peft[0].get("lora_alpha", 8.0)),
         "generator": args.generator,
+        "share_heads": args.share_heads or None,
         "condition_dim": args.condition_dim,
         "hidden_size": args.hidden_size,
         "num_layers": args.num_layers,
@@ -604,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, metavar="R", help="lora mode's rank (default: the adapters' largest r)")
     p.add_argument("--alpha", type=float, metavar="A", help="lora scaling alpha (default: the adapters' lora_alpha)")
     p.add_argument("--generator", choices=("shared", "per_target"), default="shared", help="(default: shared)")
+    p.add_argument("--share-heads", action="store_true", help="module types of equal shapes share one generator head")
     p.add_argument("--condition-dim", type=int, metavar="N", help="embedding size of the condition (default 32)")
     p.add_argument("--hidden-size", type=int, metavar="N", help="the generator's trunk width (default 64)")
     p.add_argument("--num-layers", type=int, metavar="N", help="the generator's trunk depth (default 2)")

@@ -143,6 +143,8 @@ CASES = [
     Case("llama-full", llama, {"target_modules": r".*(q_proj|input_layernorm)", "mode": "full"}, "causal"),
     Case("gpt2-full", gpt2, {"target_modules": r".*\.ln_1", "mode": "full"}, "causal"),
     Case("llama-per-target", llama, {"target_modules": ["k_proj", "down_proj"], "generator": "per_target"}, "causal"),
+    # q,o / k,v / gate,up share a head each (equal shapes; k,v are narrower with 2 KV heads), down has its own
+    Case("qwen2-shared-heads", qwen2, {"target_modules": "attention+mlp", "share_heads": True}, "causal"),
 ]
 CAUSAL = [c for c in CASES if c.kind == "causal" and "full" not in c.name]
 

@@ -65,6 +65,7 @@ def test_inspect_names_conditions_targets_and_base_without_loading_a_model(saved
     for needed in ("task: categorical (num=4)", "LlamaForCausalLM", "model_type llama", "rank 4", "hidden_size 32"):
         assert needed in text
     assert "model.layers.1.self_attn.v_proj  lora_A (4, 32)  lora_B (16, 4)" in text
+    assert "generator: shared, condition_dim" in text  # share_heads is shown only when on
 
     code, text, _ = _run(["inspect", saved["hyper"], "--json", "--verify"], capsys)
     record = json.loads(text)
@@ -231,10 +232,11 @@ def test_distill_adapters_into_a_checkpoint(saved, capsys):
         adapters.append(f"{task}={root / f'peft{task}'}")
     out = root / "distilled"
     args = ["distill", "--base", saved["base"], "--adapters", *adapters, "--out", out, "--steps", 30]
-    code, text, err = _run([*args, "--hidden-size", 32, "--lr", 1e-2, "--quiet"], capsys)
+    code, text, err = _run([*args, "--hidden-size", 32, "--lr", 1e-2, "--share-heads", "--quiet"], capsys)
     assert code == 0, err
     assert "wrote the hyper model (3 adapters distilled)" in text
     record = json.loads((out / "hyper_config.json").read_text())
+    assert record["share_heads"] is True and "generator: shared, share_heads," in _run(["inspect", out], capsys)[1]
     assert record["conditions"] == {"task": {"type": "categorical", "num": 3}}
     assert record["rank"] == 4 and record["alpha"] == 8.0  # the adapters' r and lora_alpha
     assert sorted(record["hyperlight"]["targets"]) == sorted(source.targeted_module_names)

@@ -286,6 +286,32 @@ def test_bad_configs_are_rejected(kwargs, error, match):
         HyperConfig(**{"conditions": {"task": {"type": "categorical", "num": 2}}, **kwargs})
 
 
+def test_shared_heads_group_module_types_by_shape_and_keep_types_apart():
+    """share_heads: one head per distinct set of external shapes (fewer parameters), while the type embedding
+    still gives two types in one head different weights for the same condition and layer."""
+    case = next(c for c in CASES if c.name == "qwen2-shared-heads")
+    shared = get_hyper_model(case.build(), hyper_config(case))
+    separate = get_hyper_model(case.build(), hyper_config(case, share_heads=False))
+    assert shared.generator.type_keys == [
+        "model.layers.*.self_attn.q_proj+model.layers.*.self_attn.o_proj",
+        "model.layers.*.self_attn.k_proj+model.layers.*.self_attn.v_proj",
+        "model.layers.*.mlp.gate_proj+model.layers.*.mlp.up_proj",
+        "model.layers.*.mlp.down_proj",
+    ]
+    assert len(separate.generator.heads) == 7 and shared.generator.type_embedding.num_embeddings == 7
+    # exactly the heads of o_proj, v_proj and up_proj fewer (each shares its twin's), nothing else changes
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    heads = dict(zip(separate.generator.type_keys, separate.generator.heads))
+    twins = sum(count(head) for key, head in heads.items() if key.endswith(("o_proj", "v_proj", "up_proj")))
+    assert count(shared.generator) == count(separate.generator) - twins
+    with torch.no_grad():
+        for p in shared.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = shared.generator(shared.condition_encoder({"task": torch.tensor([1])}))
+    q, o = out["model.layers.1.self_attn.q_proj"], out["model.layers.1.self_attn.o_proj"]
+    assert q["lora_A"].shape == o["lora_A"].shape and not torch.allclose(q["lora_A"], o["lora_A"])
+
+
 def test_unknown_config_field_is_rejected():
     with pytest.raises(ValueError, match=r"unknown HyperConfig field\(s\) \['lora_rank'\]"):
         HyperConfig.from_dict({"conditions": {"task": {"type": "categorical", "num": 2}}, "lora_rank": 8})

@@ -58,6 +58,13 @@ def _config(**fields):
         ({"mode": "LoRA"}, ValueError, r"mode must be one of \['lora', 'full'\], got 'LoRA'"),
         ({"mode": ["lora"]}, ValueError, r"mode must be one of \['lora', 'full'\], got \['lora'\]"),
         ({"generator": None}, ValueError, r"generator must be one of \['shared', 'per_target'\], got None"),
+        ({"share_heads": 1}, TypeError, r"share_heads must be True or False, got int 1"),
+        ({"share_heads": "yes"}, TypeError, r"share_heads must be True or False, got str 'yes'"),
+        (
+            {"share_heads": True, "generator": "per_target"},
+            ValueError,
+            r"share_heads=True shares the output heads of generator='shared'; generator='per_target' has",
+        ),
         # lists of strings
         (
             {"mode": "full", "target_parameters": "weight"},

@@ -1,7 +1,8 @@
 """Generators: map a condition embedding `z (U, D)` to every external of a hypernetized model.
 
 `SharedGenerator` (the default): one trunk shared by all targets, fed with z plus a learned layer-index
-embedding and a module-type embedding, and one head per module type. Its size does not grow with depth,
+embedding and a module-type embedding, and one head per module type (or, with `share_heads`, one head per
+distinct set of external shapes, shared by the module types that have it). Its size does not grow with depth,
 and all layers of a type are generated in one batched pass (layers are a batch dimension).
 
 `PerTargetGenerator`: one `HyperNet` per target module, for small models or when targets must not share.
@@ -80,7 +81,14 @@ class _TypeHead(nn.Module):
 
 
 class SharedGenerator(nn.Module):
-    """One trunk for all targets: h = MLP([z; layer embedding; type embedding]), then a head per type."""
+    """One trunk for all targets: h = MLP([z; layer embedding; type embedding]), then a head per type.
+
+    `share_heads=True` gives module types whose externals have the same shapes one head between them
+    (HyperFormer++ shares one generator across layers and adapter positions): the type embedding still tells
+    them apart, but their generated weights share one `hidden_size`-dim span (plus θ0) instead of one each. The
+    heads hold nearly all of the generator's parameters and are bound by memory traffic, so this divides both
+    its size and most of its per-step cost by the number of types sharing (4 for q,k,v,o of equal width).
+    """
 
     def __init__(
         self,
@@ -92,20 +100,28 @@ class SharedGenerator(nn.Module):
         layer_embedding_dim: int = 16,
         type_embedding_dim: int = 16,
         dropout: float = 0.0,
+        share_heads: bool = False,
     ) -> None:
         super().__init__()
         if not targets:
             raise ValueError("a generator needs at least one target")
-        groups: dict[str, list[GeneratorTarget]] = {}
+        types: dict[str, list[GeneratorTarget]] = {}
         for t in targets:
-            groups.setdefault(t.type_key, []).append(t)
-        for key, members in groups.items():
+            types.setdefault(t.type_key, []).append(t)
+        for key, members in types.items():
             if any(m.shapes != members[0].shapes for m in members):
                 raise ValueError(f"targets of type '{key}' have different external shapes; they cannot share a head")
+        type_index = {key: i for i, key in enumerate(types)}
+        groups = types  # one head per module type, or per distinct set of shapes when types share heads
+        if share_heads:
+            by_shapes: dict[tuple, list[GeneratorTarget]] = {}
+            for t in targets:
+                by_shapes.setdefault(tuple((n, tuple(s)) for n, s in t.shapes.items()), []).append(t)
+            groups = {"+".join(dict.fromkeys(t.type_key for t in g)): g for g in by_shapes.values()}
         self.type_keys = list(groups)
         num_layers_seen = max(t.layer for t in targets) + 1
         self.layer_embedding = nn.Embedding(num_layers_seen, layer_embedding_dim)
-        self.type_embedding = nn.Embedding(len(groups), type_embedding_dim)
+        self.type_embedding = nn.Embedding(len(types), type_embedding_dim)
         nn.init.normal_(self.layer_embedding.weight, std=1.0)
         nn.init.normal_(self.type_embedding.weight, std=1.0)
         # the first trunk layer is split by input part, so z is projected once per example, not per target
@@ -122,7 +138,7 @@ class SharedGenerator(nn.Module):
         # every target's (layer, type), grouped by head: the trunk runs once over all of them
         self.head_sizes = [len(groups[k]) for k in self.type_keys]
         layers = [t.layer for k in self.type_keys for t in groups[k]]
-        kinds = [i for i, k in enumerate(self.type_keys) for _ in groups[k]]
+        kinds = [type_index[t.type_key] for k in self.type_keys for t in groups[k]]
         self.register_buffer("target_layers", torch.tensor(layers), persistent=False)
         self.register_buffer("target_types", torch.tensor(kinds), persistent=False)
 

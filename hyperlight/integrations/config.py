@@ -93,6 +93,10 @@ def _check_field(name: str, value: Any) -> Any:
                 "e.g. alpha=16"
             )
         return float(value)
+    if name == "share_heads":
+        if not isinstance(value, bool):
+            raise TypeError(f"share_heads must be True or False, got {_shown(value)}")
+        return value
     if name == "target_parameters":
         return None if value is None else _names(name, value, allow_empty=False)
     if name == "modules_to_save":
@@ -128,6 +132,10 @@ class HyperConfig:
         layers_to_transform: only modules in these layer indices (`model.layers.<i>....`).
         generator: `"shared"` (one trunk for all layers, a head per module type) or `"per_target"`
             (one HyperNet per target module).
+        share_heads: shared generator only: module types whose externals have the same shapes (q,k,v,o of
+            equal width) share one output head, HyperFormer++-style; the heads hold nearly all of the generator's
+            parameters, so it shrinks about as many times as types share, with less capacity (one span of
+            generated weights for those types instead of one each).
         condition_dim: embedding size of each condition.
         hidden_size, num_layers: width and depth of the generator's trunk.
         layer_embedding_dim, type_embedding_dim: sizes of the layer-index and module-type embeddings.
@@ -147,6 +155,7 @@ class HyperConfig:
     exclude_modules: str | list[str] | None = None
     layers_to_transform: int | list[int] | None = None
     generator: str = "shared"
+    share_heads: bool = False
     condition_dim: int = 32
     hidden_size: int = 64
     num_layers: int = 2
@@ -169,6 +178,11 @@ class HyperConfig:
             raise ValueError(
                 "target_parameters applies to mode='full' only; in mode='lora' every target keeps its weight and "
                 "gets predicted factors lora_A, lora_B"
+            )
+        if self.share_heads and self.generator != "shared":
+            raise ValueError(
+                f"share_heads=True shares the output heads of generator='shared'; generator='{self.generator}' has "
+                "one network per target and no heads to share. Use generator='shared' or share_heads=False"
             )
         if self.mode == "full" and self.dropout:
             raise ValueError("dropout is the low-rank branch's input dropout; it has no meaning in mode='full'")

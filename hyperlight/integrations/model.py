@@ -210,6 +210,7 @@ def build_generator(
                 layer_embedding_dim=config.layer_embedding_dim,
                 type_embedding_dim=config.type_embedding_dim,
                 dropout=config.hypernet_dropout,
+                share_heads=config.share_heads,
             )
         else:
             generator = PerTargetGenerator(targets, encoder.out_features, hidden_size=config.hidden_size)
