@@ -435,10 +435,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import torch.distributed as dist
+
+    launched = lambda: dist.is_available() and dist.is_initialized()  # noqa: E731
     try:
         main()
+        if launched():  # every rank done before any closes its gloo pairs: a rank tearing down while its peer
+            dist.barrier()  # still wrote files aborted the peer (not after a failure: a peer may never arrive)
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
+        if launched():
             dist.destroy_process_group()  # leaving gloo's threads up at interpreter exit can abort a process
