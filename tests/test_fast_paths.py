@@ -287,3 +287,16 @@ def test_x_gradients_of_the_base_and_the_update_add_in_place():
         out.backward(torch.ones_like(out))
     adds = {e.key: e.count for e in prof.key_averages() if e.key in ("aten::add", "aten::add_")}
     assert adds.get("aten::add", 0) == 0 and adds.get("aten::add_", 0) >= 1, adds
+
+
+def test_shared_heads_group_by_the_set_of_shapes_whatever_their_order():
+    """share_heads: one head per set of (name, shape) pairs, the order a module lists its tensors in aside (a
+    bias registered before its weight); a type whose shapes differ keeps its own head."""
+    p = GeneratorTarget("l.0.p", "l.*.p", 0, {"lora_A": (2, 6), "lora_B": (6, 2)})
+    q = GeneratorTarget("l.0.q", "l.*.q", 0, {"lora_B": (6, 2), "lora_A": (2, 6)})
+    r = GeneratorTarget("l.0.r", "l.*.r", 0, {"lora_A": (2, 6), "lora_B": (3, 2)})
+    generator = SharedGenerator([p, q, r], 5, hidden_size=8, share_heads=True)
+    assert generator.type_keys == ["l.*.p+l.*.q", "l.*.r"]
+    out = generator(torch.randn(2, 5))
+    assert out["l.0.q"]["lora_A"].shape == (2, 2, 6) and out["l.0.q"]["lora_B"].shape == (2, 6, 2)
+    assert out["l.0.r"]["lora_B"].shape == (2, 3, 2)

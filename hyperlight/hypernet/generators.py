@@ -116,7 +116,7 @@ class SharedGenerator(nn.Module):
         if share_heads:
             by_shapes: dict[tuple, list[GeneratorTarget]] = {}
             for t in targets:
-                by_shapes.setdefault(tuple((n, tuple(s)) for n, s in t.shapes.items()), []).append(t)
+                by_shapes.setdefault(tuple(sorted((n, tuple(s)) for n, s in t.shapes.items())), []).append(t)
             groups = {"+".join(dict.fromkeys(t.type_key for t in g)): g for g in by_shapes.values()}
         self.type_keys = list(groups)
         num_layers_seen = max(t.layer for t in targets) + 1
