@@ -100,6 +100,11 @@ def hyper_model(
     return hyper
 
 
+def sized_hyper_model(size: Size, base):
+    """`hyper_model` with the generator options a run chose (`--generator-hidden`, `--share-heads`)."""
+    return hyper_model(base, hidden_size=size.generator_hidden, share_heads=size.share_heads)
+
+
 def peft_model(base, adapters: int = 1, targets: list[str] = TARGETS):
     from peft import LoraConfig, get_peft_model
 
@@ -225,7 +230,7 @@ def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3
     ids, tasks, autocast, sync = setup(size, device, dtype)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    hyper = functools.partial(hyper_model, hidden_size=size.generator_hidden, share_heads=size.share_heads)
+    hyper = functools.partial(sized_hyper_model, size)
     for name, build, kw in [("hyperlight", hyper, {"task": tasks}), ("peft", peft_model, {})]:
         step = training(build(llama(size, device=device)).train(), ids, autocast, **kw)
         for _ in range(2):
@@ -246,8 +251,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
     rows = []
 
     # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
-    hyper = hyper_model(llama(size, device=device), hidden_size=size.generator_hidden, share_heads=size.share_heads)
-    hyper.train()
+    hyper = sized_hyper_model(size, llama(size, device=device)).train()
     peft1 = peft_model(llama(size, device=device)).train()
 
     def frozen_base_step(model):
@@ -277,9 +281,7 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
     hyper = peft1 = train_step = None  # free the training models before building the inference ones  # noqa: F841
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
-    hyper = hyper_model(
-        llama(size, device=device, dtype=dtype), hidden_size=size.generator_hidden, share_heads=size.share_heads
-    ).eval()
+    hyper = sized_hyper_model(size, llama(size, device=device, dtype=dtype)).eval()
     peft8 = peft_model(llama(size, device=device, dtype=dtype), adapters=TASKS).eval()
     with torch.no_grad():
         times = timings(
@@ -454,14 +456,16 @@ def hyper_model_meta(base, tasks: int, share_heads: bool = False):
     return get_hyper_model(base, config)
 
 
-def memory_rows(size: Size, device: str) -> list[dict[str, str]]:
-    """Peak memory of a training step, each side in a fresh process (RSS on CPU, the allocator on CUDA)."""
+def memory_rows(size: Size, name: str, device: str) -> list[dict[str, str]]:
+    """Peak memory of a training step, each side in a fresh process (RSS on CPU, the allocator on CUDA); the
+    probe gets the shape `name` and the run's generator options."""
     if device == "cuda":
         return []
+    options = ["--generator-hidden", str(size.generator_hidden)] + (["--share-heads"] if size.share_heads else [])
     peaks = {}
     for side in ("hyperlight", "peft"):
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-probe", side, "--size", _size_name(size)],
+            [sys.executable, __file__, "--memory-probe", side, "--size", name, *options],
             capture_output=True,
             text=True,
             check=True,
@@ -471,22 +475,11 @@ def memory_rows(size: Size, device: str) -> list[dict[str, str]]:
     return [row("peak RSS growth during 3 training steps", peaks["hyperlight"], peaks["peft"], "~1", "MB")]
 
 
-def _size_name(size: Size) -> str:
-    return next(
-        k
-        for k, v in SIZES.items()
-        if dataclasses.replace(
-            v, repeats=size.repeats, generator_hidden=size.generator_hidden, share_heads=size.share_heads
-        )
-        == size
-    )
-
-
 def memory_probe(side: str, size: Size) -> None:
     import resource
 
     base = llama(size)
-    model = (hyper_model(base) if side == "hyperlight" else peft_model(base)).train()
+    model = (sized_hyper_model(size, base) if side == "hyperlight" else peft_model(base)).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(1, size.vocab, (size.batch, size.seq))
     kw = {"task": torch.arange(size.batch) % TASKS} if side == "hyperlight" else {}
@@ -540,7 +533,7 @@ def main() -> None:
     if "size" not in args.skip:
         rows += size_rows()
     if "memory" not in args.skip:
-        rows += memory_rows(size, args.device)
+        rows += memory_rows(size, args.size, args.device)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(
         f"# {args.size}: hidden {size.hidden}, {size.layers} layers, seq {size.seq}, batch {size.batch}, "
