@@ -17,7 +17,9 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -158,13 +160,32 @@ def row(name: str, ours: float, theirs: float, target: str, unit: str = "s") -> 
     }
 
 
+def ratio_interval(ours: list[float], theirs: list[float], rounds: int = 2000) -> tuple[float, float]:
+    """The 90% bootstrap interval of median(ours) / median(theirs): repeats drawn with replacement, each repeat's
+    two differences together (they share the machine's state at that moment). On a shared 2-core machine one
+    forward's time can swing by tens of percent, as much as an adapter's whole overhead: the interval says
+    whether a run's ratio is resolved (both ends on one side of the target) or needs more repeats. An interval
+    whose resampled PEFT overhead reaches zero or below has an unbounded end (inf)."""
+    draw = random.Random(0)  # the same interval for the same timings
+    n = len(ours)
+    ratios = []
+    for _ in range(rounds):
+        picks = [draw.randrange(n) for _ in range(n)]
+        denominator = statistics.median(theirs[i] for i in picks)
+        numerator = statistics.median(ours[i] for i in picks)
+        ratios.append(numerator / denominator if denominator > 0 else math.inf)
+    ratios.sort()
+    return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
+
+
 def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio: str) -> list[dict[str, str]]:
     """The totals, and what each method costs above its own frozen base (the floor every adapter method pays).
 
     `times` are [hyperlight, its base, PEFT, its base]: each base is the *same instance* with its adapter
     disabled, since two instances of one model can differ by a few percent (where their weights lie in memory),
     as much as an adapter's whole cost at these sizes. An overhead is the median over repeats of (method - its
-    base) within a repeat, which also cancels most of a machine's drift."""
+    base) within a repeat, which also cancels most of a machine's drift. The ratio comes with its 90% interval
+    (`ratio_interval`): whether this run resolves the ratio against its target, or needs more repeats."""
     ours, our_base, theirs, their_base = times
     diffs = [[a - b for a, b in zip(side, base)] for side, base in ((ours, our_base), (theirs, their_base))]
     above = [statistics.median(d) for d in diffs]
@@ -173,13 +194,17 @@ def overhead_rows(name: str, times: list[list[float]], target: str, target_ratio
     floor = statistics.median(our_base + their_base)
     # a ratio of two differences means something only when both are clearly above the floor
     clear = min(above) > 0.01 * floor
+    ratio = "- (within noise)"
+    if clear:
+        low, high = ratio_interval(*diffs)
+        ratio = f"{above[0] / above[1]:.2f} [{low:.2f}, {high:.2f}]"
     return [
         row(name, statistics.median(ours), statistics.median(theirs), target),
         {
             "what": f"{name.split(' (')[0].split(',')[0]}, above the base ({floor:.3f} s)",
             "hyperlight": f"{above[0] * 1000:+.1f} ms (±{spread[0] * 1000:.1f})",
             "peft / base": f"{above[1] * 1000:+.1f} ms (±{spread[1] * 1000:.1f})",
-            "ratio": f"{above[0] / above[1]:.2f}" if clear else "- (within noise)",
+            "ratio": ratio,
             "target": target_ratio,
         },
     ]

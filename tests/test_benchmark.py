@@ -59,3 +59,27 @@ def test_gpu_session_script_runs_its_steps_on_a_cpu(tmp_path):
     assert "training step, above the base" in (tmp_path / "gpu_bench.md").read_text()
     profile = (tmp_path / "gpu_profile.txt").read_text()
     assert "## hyperlight" in profile and "## peft" in profile and "aten::" in profile, profile[-3000:]
+
+
+def test_ratio_interval_brackets_the_ratio_and_widens_with_noise(monkeypatch):
+    """The overhead rows' 90% interval: tight when the differences agree, wide when they scatter, unbounded when
+    PEFT's resampled overhead can reach zero, and the same for the same timings."""
+    import importlib.util
+    import math
+    import random
+
+    spec = importlib.util.spec_from_file_location("benchmark_run", SCRIPT)
+    run = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, run)  # its dataclasses look their module up there
+    spec.loader.exec_module(run)
+    draw = random.Random(1)
+    theirs = [0.010 + draw.gauss(0, 0.0005) for _ in range(40)]
+    steady = [0.002 + draw.gauss(0, 0.0001) for _ in range(40)]
+    noisy = [0.002 + draw.gauss(0, 0.004) for _ in range(40)]
+    low, high = run.ratio_interval(steady, theirs)
+    assert 0.15 < low < 0.2 < high < 0.25, (low, high)
+    wide = run.ratio_interval(noisy, theirs)
+    assert wide[0] < low and wide[1] > high and wide[1] - wide[0] > 5 * (high - low), wide
+    assert run.ratio_interval(noisy, theirs) == wide
+    _, unbounded = run.ratio_interval(steady, [draw.gauss(0, 0.001) for _ in range(40)])
+    assert unbounded == math.inf
