@@ -270,12 +270,10 @@ def profile_training(size: Size, device: str, dtype: torch.dtype, steps: int = 3
         step = None
 
 
-def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool = False) -> list[dict[str, str]]:
+def training_rows(size: Size, device: str, dtype: torch.dtype, rows: list[dict[str, str]]) -> None:
+    """The training step: per-example mixed tasks vs one LoRA adapter (same targets, rank). Its models are freed
+    when this returns, before the inference ones are built."""
     ids, tasks, autocast, sync = setup(size, device, dtype)
-    names = [f"task{int(t)}" for t in tasks]
-    rows = []
-
-    # 1. training step: per-example mixed tasks vs one LoRA adapter (same targets, rank)
     hyper = sized_hyper_model(size, llama(size, device=device)).train()
     peft1 = peft_model(llama(size, device=device)).train()
 
@@ -301,9 +299,17 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
     measured(
         rows, overhead_rows("training step, 8 tasks mixed per batch (PEFT: 1 adapter)", times, "<= 1.15", "<= 1.0")
     )
-    if training_only:
+
+
+def speed_rows(size: Size, device: str, dtype: torch.dtype, only: str | None = None) -> list[dict[str, str]]:
+    """The timed rows; `only` ("training" or "forward") times that row alone (more repeats for one row)."""
+    rows: list[dict[str, str]] = []
+    if only != "forward":
+        training_rows(size, device, dtype, rows)
+    if only == "training":
         return rows
-    hyper = peft1 = train_step = None  # free the training models before building the inference ones  # noqa: F841
+    ids, tasks, autocast, sync = setup(size, device, dtype)
+    names = [f"task{int(t)}" for t in tasks]
 
     # 2./3. mixed-task inference: PEFT with 8 adapters and adapter_names per row
     hyper = sized_hyper_model(size, llama(size, device=device, dtype=dtype)).eval()
@@ -322,6 +328,8 @@ def speed_rows(size: Size, device: str, dtype: torch.dtype, training_only: bool 
         measured(
             rows, overhead_rows("mixed-task forward (PEFT: 8 adapters, adapter_names)", times, "<= 1.0", "<= 0.3")
         )
+        if only == "forward":
+            return rows
         gen = {"max_new_tokens": size.new_tokens, "min_new_tokens": size.new_tokens, "do_sample": False}
         prompt = ids[:, : size.seq // 2]
         times = timings(
@@ -533,7 +541,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per row (default: the size's)")
     parser.add_argument("--generator-hidden", type=int, help="the generator trunk's width (default 64, the config's)")
     parser.add_argument("--share-heads", action="store_true", help="HyperConfig(share_heads=True) for hyperlight")
-    parser.add_argument("--training-only", action="store_true", help="of the speed rows, only the training step")
+    parser.add_argument("--only", choices=["training", "forward"], help="of the speed rows, time only this one")
     parser.add_argument("--profile", action="store_true", help="profile a training step of each method instead")
     parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -554,7 +562,7 @@ def main() -> None:
         return
     rows = []
     if "speed" not in args.skip:
-        rows += speed_rows(size, args.device, dtype, args.training_only)
+        rows += speed_rows(size, args.device, dtype, args.only)
     if "size" not in args.skip:
         rows += size_rows()
     if "memory" not in args.skip:

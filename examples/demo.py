@@ -3,6 +3,7 @@
     python examples/demo.py                      # about a minute and a half on 2 CPU cores
     python examples/demo.py --quick              # a tiny setting (tests), under a minute
     python examples/demo.py --model out/demo/base    # start from any HF causal LM directory (no pretraining)
+    python examples/demo.py --share-heads        # HyperConfig(share_heads=True): one head per shape, not per type
     accelerate launch --config_file examples/accelerate_ddp.yaml examples/demo.py --quick   # 2 processes (DDP)
 
 The story, with real components and the data shipped in examples/data/ (see make_data.py there):
@@ -289,6 +290,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank, of the baseline and of the hyper model")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where results go (overwritten)")
     parser.add_argument("--quick", action="store_true", help="a tiny setting, to check that everything runs")
+    parser.add_argument("--share-heads", action="store_true", help="module types of equal shapes share a head")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -361,6 +363,7 @@ def main() -> None:
             conditions={"task": {"type": "categorical", "num": len(tasks)}},
             rank=args.rank,
             alpha=args.rank,
+            share_heads=args.share_heads,
         ),
     )
     names = hyper.targeted_module_names
