@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import json
@@ -533,6 +534,25 @@ def markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def keep_freed_memory() -> str:
+    """Have glibc's malloc keep the memory a forward frees, for the rest of this process: no trimming of the heap,
+    and no separate mapping below 1 GiB (PyTorch's CPU tuning guide suggests the same, or jemalloc/tcmalloc).
+    With glibc's defaults, whether a forward at the default shape maps ~300 MB of fresh pages again (80 000 page
+    faults, 80-190 ms of kernel time in a 0.7 s forward) depended on where each model's tensors happened to lie
+    in the heap: one instance faulted in every forward while the next did not, and which one changed from run
+    to run, as much as an adapter's whole overhead. Returns what was done, for the table's header."""
+    if sys.platform != "linux":
+        return "malloc as is"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "malloc as is (no glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if libc.mallopt(m_trim_threshold, 2**31 - 1) != 1 or libc.mallopt(m_mmap_threshold, 2**30) != 1:
+        return "malloc as is (mallopt refused)"
+    return "malloc keeps freed memory"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="default", help="small, default, large: issue 14's")
@@ -543,6 +563,7 @@ def main() -> None:
     parser.add_argument("--share-heads", action="store_true", help="HyperConfig(share_heads=True) for hyperlight")
     parser.add_argument("--only", choices=["training", "forward"], help="of the speed rows, time only this one")
     parser.add_argument("--profile", action="store_true", help="profile a training step of each method instead")
+    parser.add_argument("--malloc-as-is", action="store_true", help="leave glibc malloc's defaults (see README)")
     parser.add_argument("--memory-probe", choices=["hyperlight", "peft"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = SIZES[args.size]
@@ -552,9 +573,10 @@ def main() -> None:
         size = dataclasses.replace(size, generator_hidden=args.generator_hidden)
     if args.share_heads:
         size = dataclasses.replace(size, share_heads=True)
-    if args.memory_probe:
+    if args.memory_probe:  # peak memory with malloc's defaults, what a user's process has
         memory_probe(args.memory_probe, size)
         return
+    allocator = "malloc as is" if args.malloc_as_is else keep_freed_memory()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     torch.set_num_threads(os.cpu_count() or 1)
     if args.profile:
@@ -571,7 +593,7 @@ def main() -> None:
     print(
         f"# {args.size}: hidden {size.hidden}, {size.layers} layers, seq {size.seq}, batch {size.batch}, "
         f"rank {RANK} on q,k,v,o, {TASKS} tasks, generator width {size.generator_hidden}"
-        f"{', shared heads' if size.share_heads else ''}; {device}, {dtype}; torch {torch.__version__}"
+        f"{', shared heads' if size.share_heads else ''}; {device}, {dtype}; torch {torch.__version__}; {allocator}"
     )
     print(markdown(rows))
 
