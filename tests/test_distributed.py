@@ -68,35 +68,49 @@ LAUNCHES = {
 }
 
 
-@pytest.mark.parametrize("launch", list(LAUNCHES))
-def test_two_processes_equal_one(launch, single, tmp_path):
-    log = _run(LAUNCHES[launch], tmp_path)
-    assert "find_unused_parameters" not in log and "unused parameters" not in log
-    record = json.loads((tmp_path / "losses.json").read_text())
+def _assert_trained_as_one(out: Path, single: Path) -> dict:
+    """Two processes' run in `out` equals the single-process run in `single`: every step's loss and every
+    saved generator tensor. Returns the run's record."""
+    record = json.loads((out / "losses.json").read_text())
     assert record["world_size"] == 2
-    assert record["fsdp_sharded"] == ("fsdp" in launch)
     reference = json.loads((single / "losses.json").read_text())
     assert record["losses"] == pytest.approx(reference["losses"], abs=1e-5)
     assert record["losses"][-1] < record["losses"][0]
-    ours, theirs = load_file(tmp_path / "hyper_model.safetensors"), load_file(single / "hyper_model.safetensors")
+    ours, theirs = load_file(out / "hyper_model.safetensors"), load_file(single / "hyper_model.safetensors")
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key], theirs[key], atol=1e-5, rtol=0)
+    return record
 
 
-def test_fsdp_checkpoint_reloads_in_one_process_with_equal_outputs(tmp_path):
-    _run(LAUNCHES["torchrun-fsdp2"], tmp_path)
+def _assert_reloads_to_probe(out: Path, *, text: bool = False) -> None:
+    """The checkpoint in `out` reloads in this process onto a fresh base and gives the probe's logits that the
+    launched run wrote (with `text`, the probe's tasks as descriptions)."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        from train_distributed import build_hyper, global_batch
+        from train_distributed import build_hyper, described, global_batch
     finally:
         sys.path.pop(0)
     from hyperlight import HyperModel
 
-    reloaded = HyperModel.from_pretrained(build_hyper().unload(), tmp_path)
+    reloaded = HyperModel.from_pretrained(build_hyper().unload(), out)
+    probe = global_batch(10_000)
     with torch.no_grad():
-        logits = reloaded(**global_batch(10_000)).logits
-    torch.testing.assert_close(logits, load_file(tmp_path / "probe.safetensors")["logits"], atol=1e-5, rtol=1e-5)
+        logits = reloaded(**(described(probe) if text else probe)).logits
+    torch.testing.assert_close(logits, load_file(out / "probe.safetensors")["logits"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_two_processes_equal_one(launch, single, tmp_path):
+    log = _run(LAUNCHES[launch], tmp_path)
+    assert "find_unused_parameters" not in log and "unused parameters" not in log
+    record = _assert_trained_as_one(tmp_path, single)
+    assert record["fsdp_sharded"] == ("fsdp" in launch)
+
+
+def test_fsdp_checkpoint_reloads_in_one_process_with_equal_outputs(tmp_path):
+    _run(LAUNCHES["torchrun-fsdp2"], tmp_path)
+    _assert_reloads_to_probe(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -112,23 +126,6 @@ def test_text_conditions_two_processes_equal_one_and_reload(single_text, tmp_pat
     DDP's two processes train the generator as one process does on the whole batches, and the checkpoint
     reloads with its encoder to the same outputs."""
     _run([*LAUNCHES["torchrun-ddp"], "--text"], tmp_path)
-    record, reference = (json.loads((d / "losses.json").read_text()) for d in (tmp_path, single_text))
-    assert record["world_size"] == 2
-    assert record["losses"] == pytest.approx(reference["losses"], abs=1e-5)
-    assert record["losses"][-1] < record["losses"][0]
-    ours, theirs = load_file(tmp_path / "hyper_model.safetensors"), load_file(single_text / "hyper_model.safetensors")
-    assert ours.keys() == theirs.keys()
+    _assert_trained_as_one(tmp_path, single_text)
     assert (tmp_path / "hyper_model.safetensors").stat().st_size < 5e6  # the encoder (90 MB) is never saved
-    for key in ours:
-        torch.testing.assert_close(ours[key], theirs[key], atol=1e-5, rtol=0)
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from train_distributed import build_hyper, described, global_batch
-    finally:
-        sys.path.pop(0)
-    from hyperlight import HyperModel
-
-    reloaded = HyperModel.from_pretrained(build_hyper().unload(), tmp_path)
-    with torch.no_grad():
-        logits = reloaded(**described(global_batch(10_000))).logits
-    torch.testing.assert_close(logits, load_file(tmp_path / "probe.safetensors")["logits"], atol=1e-5, rtol=1e-5)
+    _assert_reloads_to_probe(tmp_path, text=True)
