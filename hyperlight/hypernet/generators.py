@@ -86,8 +86,10 @@ class SharedGenerator(nn.Module):
     `share_heads=True` gives module types whose externals have the same shapes one head between them
     (HyperFormer++ shares one generator across layers and adapter positions): the type embedding still tells
     them apart, but their generated weights share one `hidden_size`-dim span (plus θ0) instead of one each. The
-    heads hold nearly all of the generator's parameters and are bound by memory traffic, so this divides both
-    its size and most of its per-step cost by the number of types sharing (4 for q,k,v,o of equal width).
+    heads hold nearly all of the generator's parameters, so this divides its size, and the memory traffic of
+    reading, differentiating and updating them, by the number of types sharing (4 for q,k,v,o of equal width);
+    its multiply-adds stay as they were (one head runs over all the sharing types' rows). Measured alone at the
+    benchmark's small shape: forward, backward and AdamW 3.9 -> 3.0 ms.
     """
 
     def __init__(
