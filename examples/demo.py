@@ -1,9 +1,10 @@
-"""One language model, five skills chosen per example by a task id: the hyperlight demo (`make demo`).
+"""One language model, five skills chosen per example: the hyperlight demo (`make demo`), against what a PEFT user
+would do with the same five tasks.
 
-    python examples/demo.py                      # about a minute and a half on 2 CPU cores
+    python examples/demo.py                      # about two and a half minutes on 2 CPU cores
     python examples/demo.py --quick              # a tiny setting (tests), under a minute
     python examples/demo.py --model out/demo/base    # start from any HF causal LM directory (no pretraining)
-    python examples/demo.py --share-heads        # HyperConfig(share_heads=True): one head per shape, not per type
+    python examples/demo.py --steps 1500         # a longer fine-tuning budget for every model
     accelerate launch --config_file examples/accelerate_ddp.yaml examples/demo.py --quick   # 2 processes (DDP)
 
 The story, with real components and the data shipped in examples/data/ (see make_data.py there):
@@ -12,14 +13,18 @@ The story, with real components and the data shipped in examples/data/ (see make
    pretrained with `transformers.Trainer` on `pretrain.txt` (lines `Abc=Abc`): it learns the letters, the
    format and to repeat the string after `=`. This is the "pretrained" base; `--model PATH` loads one instead.
 2. The multi-task dataset (`train.jsonl`): the same inputs under five tasks, copy, reverse, sort, shift and
-   upper, with different outputs. Nothing in the text says which task is meant.
-3. Baseline: one PEFT LoRA (same targets and rank) fine-tuned on the mixed tasks with the same Trainer
-   budget. Without a condition it cannot know which output is asked for.
-4. A hyper model (`get_hyper_model` with a categorical `task` condition) fine-tuned with the same Trainer
-   and budget, mixed-task batches, the task id of each example passed as a column.
-5. Exact-match accuracy per task on held-out inputs (greedy `generate`, one mixed-task batch for the hyper
-   model), a few generations, `save_pretrained` / `HyperModel.from_pretrained`, one task exported as a PEFT
-   adapter and checked against `peft.PeftModel`, and a plot (training loss, accuracy per task).
+   upper, with different outputs, so every model must be told the task.
+3. What a PEFT user would do, each with the same Trainer, batch, steps and data: one LoRA with the task's name
+   written in the prompt (`reverse:abc=`); one LoRA per task, the steps shared between them; full fine-tuning
+   with the task in the prompt.
+4. Hyper models (`get_hyper_model` with a categorical `task` condition), mixed-task batches, the task id of each
+   example passed as a column: the default generator, and a small one with about as many trainable parameters
+   as one LoRA (`rank=8, hidden_size=8, condition_dim=8, share_heads=True`).
+5. Exact-match accuracy per task on held-out inputs (greedy `generate`, one mixed-task batch per model), with
+   each model's trainable parameters and training time; a few generations; `save_pretrained` /
+   `HyperModel.from_pretrained`; one task exported as a PEFT adapter and checked against `peft.PeftModel`; a
+   plot (training loss, accuracy per task). `benchmarks/quality.py` measures the same question on 40 tasks,
+   with seeds, new tasks, unseen combinations and descriptions.
 """
 
 from __future__ import annotations
@@ -43,9 +48,15 @@ DATA = Path(__file__).resolve().parent / "data"
 RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 MAIN = RANK == 0
 
-BASE, LORA, HYPER = "base", "LoRA, no condition", "hyper, task id"  # the three models compared
+# the models compared: column name -> how each is told the task ("prompt", "adapter", "condition" or nothing)
+BASE, PROMPT_LORA, LORA_PER_TASK, FULL = "base", "LoRA, task in prompt", "LoRA per task", "full FT, task in prompt"
+HYPER, HYPER_SMALL = "hyper, task id", "hyper (small), task id"
+# HyperConfig fields of the hyper models beside targets and conditions: the default generator, and one about the
+# size of one LoRA of the demo's rank (16): 37,448 against 34,816 trainable parameters on the demo's base
+SMALL = {"rank": 8, "alpha": 8, "hidden_size": 8, "condition_dim": 8, "share_heads": True}
+HYPER_SIZES = {HYPER: {}, HYPER_SMALL: SMALL}
 # full run / --quick: (pretraining steps, fine-tuning steps, batch size, test inputs per task)
-SETTINGS = {"full": (400, 1500, 64, 100), "quick": (30, 30, 32, 16)}
+SETTINGS = {"full": (400, 1000, 64, 100), "quick": (30, 30, 32, 16)}
 
 
 def say(*args: Any) -> None:
@@ -66,7 +77,7 @@ def char_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    symbols = ["<pad>", "<s>", "</s>", "<unk>", *string.ascii_letters, "="]
+    symbols = ["<pad>", "<s>", "</s>", "<unk>", *string.ascii_letters, "=", ":"]  # ':' ends a task name in a prompt
     backend = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one token per character
     backend.decoder = decoders.Fuse()  # and decoding joins them back without spaces
@@ -103,12 +114,20 @@ class Encoder:
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def multitask_dataset(encoder: Encoder, rows: list[dict[str, str]], tasks: list[str]):
-    """A `datasets.Dataset` with one example per (input, task): every input appears under every task."""
+def prompt(task: str, text: str, *, in_prompt: bool) -> str:
+    """What a model reads: `abc=`, or with the task's name written in front, `reverse:abc=`."""
+    return f"{task}:{text}=" if in_prompt else f"{text}="
+
+
+def multitask_dataset(encoder: Encoder, rows: list[dict[str, str]], tasks: list[str], *, in_prompt: bool = False):
+    """A `datasets.Dataset` with one example per (input, task): every input appears under every task, with the
+    task's id in a `task` column (and, with `in_prompt`, its name written in the prompt)."""
     from datasets import Dataset
 
     examples = [
-        {**encoder.example(row["input"] + "=", row[task]), "task": t} for row in rows for t, task in enumerate(tasks)
+        {**encoder.example(prompt(task, row["input"], in_prompt=in_prompt), row[task]), "task": t}
+        for row in rows
+        for t, task in enumerate(tasks)
     ]
     return Dataset.from_list(examples)
 
@@ -218,11 +237,11 @@ def train(model: Any, dataset: Any, collator: Any, *, steps: int, lr: float, bat
 
 
 @torch.no_grad()
-def predict(model: Any, encoder: Encoder, inputs: list[str], **conditions: Any) -> list[str]:
-    """Greedy generations for the prompts `input=`, in one batch (conditions: one value per prompt)."""
+def predict(model: Any, encoder: Encoder, prompts: list[str], **conditions: Any) -> list[str]:
+    """Greedy generations for `prompts`, in one batch (conditions: one value per prompt)."""
     model.eval()
     device = next(model.parameters()).device
-    batch = encoder.prompts([text + "=" for text in inputs], device)
+    batch = encoder.prompts(prompts, device)
     conditions = {k: torch.as_tensor(v, device=device) for k, v in conditions.items()}
     out = model.generate(
         **batch,
@@ -237,29 +256,38 @@ def predict(model: Any, encoder: Encoder, inputs: list[str], **conditions: Any) 
 
 
 def evaluate(
-    model: Any, encoder: Encoder, rows: list[dict[str, str]], tasks: list[str], *, conditioned: bool
+    model: Any, encoder: Encoder, rows: list[dict[str, str]], tasks: list[str], *, told: str
 ) -> tuple[dict[str, float], dict[str, list[str]]]:
-    """Exact-match accuracy per task, and the generations. A conditioned model gets all tasks in one batch."""
+    """Exact-match accuracy per task, and the generations. `told`: how the model learns each prompt's task:
+    "condition" (its id, one mixed batch), "prompt" (its name in the prompt, one mixed batch), "adapter" (`model`
+    is a dict task -> model, each on its task's prompts) or "nothing" (one prompt, one answer for all tasks)."""
     inputs = [row["input"] for row in rows]
-    if conditioned:  # one mixed batch: each prompt with its own task id
-        ids = [t for t in range(len(tasks)) for _ in inputs]
-        flat = predict(model, encoder, inputs * len(tasks), task=ids)
-        generations = {task: flat[t * len(inputs) : (t + 1) * len(inputs)] for t, task in enumerate(tasks)}
-    else:  # the prompt is the same for every task, and so is the answer
-        same = predict(model, encoder, inputs)
+    if told == "adapter":
+        generations = {task: predict(model[task], encoder, [prompt(task, x, in_prompt=False) for x in inputs])
+                       for task in tasks}  # fmt: skip
+    elif told == "nothing":  # the prompt is the same for every task, and so is the answer
+        same = predict(model, encoder, [prompt("", x, in_prompt=False) for x in inputs])
         generations = {task: same for task in tasks}
+    else:  # one mixed batch: each prompt with its own task
+        prompts = [prompt(task, x, in_prompt=told == "prompt") for task in tasks for x in inputs]
+        ids = {"task": [t for t in range(len(tasks)) for _ in inputs]} if told == "condition" else {}
+        flat = predict(model, encoder, prompts, **ids)
+        generations = {task: flat[t * len(inputs) : (t + 1) * len(inputs)] for t, task in enumerate(tasks)}
     accuracy = {task: sum(g == row[task] for g, row in zip(generations[task], rows)) / len(rows) for task in tasks}
     return accuracy, generations
 
 
-def print_table(tasks: list[str], results: dict[str, dict[str, float]], num: int) -> None:
-    columns = list(results)
-    say(f"\nExact match on {num} held-out inputs per task (greedy decoding):")
-    say(f"{'task':<9}" + "".join(f"{c:>{len(c) + 3}}" for c in columns))
-    for task in tasks:
-        say(f"{task:<9}" + "".join(f"{results[c][task]:>{len(c) + 3}.0%}" for c in columns))
-    means = {c: sum(results[c].values()) / len(tasks) for c in columns}
-    say(f"{'mean':<9}" + "".join(f"{means[c]:>{len(c) + 3}.0%}" for c in columns))
+def print_table(tasks: list[str], results: dict[str, dict[str, float]], costs: dict[str, tuple[int, float]],
+                num: int) -> None:  # fmt: skip
+    """A row per model: exact match per task and the mean, trainable parameters, training time."""
+    say(f"\nExact match on {num} held-out inputs per task (greedy decoding), trainable parameters, training time:")
+    width = max(len(name) for name in results) + 2
+    say(f"{'model':<{width}}" + "".join(f"{t:>9}" for t in [*tasks, "mean"]) + f"{'trainable':>12}{'time':>8}")
+    for name, accuracy in results.items():
+        mean = sum(accuracy.values()) / len(tasks)
+        params, seconds = costs.get(name, (0, 0.0))
+        say(f"{name:<{width}}" + "".join(f"{accuracy[t]:>9.0%}" for t in tasks) + f"{mean:>9.0%}"
+            + f"{params:>12,}{seconds:>7.0f}s")  # fmt: skip
 
 
 def plot(path: Path, losses: dict[str, list[tuple[int, float]]], results: dict[str, dict[str, float]], tasks):
@@ -278,19 +306,25 @@ def plot(path: Path, losses: dict[str, list[tuple[int, float]]], results: dict[s
     save(fig, path)
 
 
+def _parameters(model: Any) -> list[torch.nn.Parameter]:
+    """Every parameter of a model, or of a dict of models (one LoRA per task)."""
+    models = model.values() if isinstance(model, dict) else [model]
+    return [p for m in models for p in m.parameters()]
+
+
 # -- the demo --------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="a HF causal LM directory to start from (default: pretrain one)")
-    parser.add_argument("--steps", type=int, help="fine-tuning steps of the LoRA and of the hyper model")
+    parser.add_argument("--steps", type=int, help="fine-tuning steps of every model (LoRA per task: shared)")
     parser.add_argument("--pretrain-steps", type=int, help="pretraining steps of the base (0: use it as it is)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of all three trainings")
-    parser.add_argument("--rank", type=int, default=16, help="LoRA rank, of the baseline and of the hyper model")
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate of pretraining, LoRAs, hyper models")
+    parser.add_argument("--full-lr", type=float, default=1e-3, help="learning rate of full fine-tuning")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank, of the LoRAs and of the default hyper model")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where results go (overwritten)")
     parser.add_argument("--quick", action="store_true", help="a tiny setting, to check that everything runs")
-    parser.add_argument("--share-heads", action="store_true", help="module types of equal shapes share a head")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -344,57 +378,85 @@ def main() -> None:
     from transformers import DataCollatorForSeq2Seq
 
     data = multitask_dataset(encoder, train_rows, tasks)
-    mixed = temperature_mixture(data, "task", temperature=2.0, num_samples=steps * batch, seed=0)
+    written = multitask_dataset(encoder, train_rows, tasks, in_prompt=True)  # the task's name in the prompt
+    mix = lambda dataset: temperature_mixture(dataset, "task", temperature=2.0, num_samples=steps * batch, seed=0)  # noqa: E731
     row = train_rows[0]
     say(f"\nMulti-task data: {len(train_rows):,} inputs x {len(tasks)} tasks = {len(data):,} examples; "
         f"the same input, a different output per task:")  # fmt: skip
     say("   " + ", ".join(f"{task}: {row['input']}={row[task]}" for task in tasks))
     pad = DataCollatorForSeq2Seq(tokenizer, padding=True)
+    fit = lambda model, dataset, collator, name, lr=args.lr, n=steps: train(  # noqa: E731
+        model, dataset, collator, steps=n, lr=lr, batch=batch, out=args.out, name=name
+    )
 
-    # 3. baseline: one LoRA for all tasks, no condition ------------------------------------------------------------
+    # 3. what a PEFT user would do --------------------------------------------------------------------------------
     from peft import LoraConfig, get_peft_model
 
     targets = pick_targets(base)
-    torch.manual_seed(0)  # the generator's initialisation
-    hyper = get_hyper_model(
-        fresh_base(),
-        HyperConfig(
-            target_modules=targets,
-            conditions={"task": {"type": "categorical", "num": len(tasks)}},
-            rank=args.rank,
-            alpha=args.rank,
-            share_heads=args.share_heads,
-        ),
-    )
-    names = hyper.targeted_module_names
-    torch.manual_seed(0)  # the LoRA's initialisation
-    lora = get_peft_model(
-        fresh_base(), LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=names, lora_dropout=0.0)
-    )
-    say(f"\n[2/3] Baseline: PEFT LoRA (rank {args.rank} on {len(names)} modules: {targets}), no condition")
-    losses[LORA] = train(
-        lora, mixed.remove_columns("task"), pad, steps=steps, lr=args.lr, batch=batch, out=args.out, name="lora"
-    )
+    one = {"task": {"type": "categorical", "num": 1}}
+    names = HyperConfig(target_modules=targets, conditions=one).matched_modules(base)
+    lora_config = LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=names, lora_dropout=0.0)
+    models: dict[str, Any] = {}
+    costs: dict[str, tuple[int, float]] = {}  # trainable parameters, training seconds
+    told = {BASE: "nothing", PROMPT_LORA: "prompt", LORA_PER_TASK: "adapter", FULL: "prompt", HYPER: "condition",
+            HYPER_SMALL: "condition"}  # fmt: skip
 
-    # 4. the hyper model: the task id of each example drives its weights ------------------------------------------
-    trainable, total = hyper.get_nb_trainable_parameters()
-    say(f"\n[3/3] Hyper model: a generator ({trainable:,} parameters) predicts the rank-{args.rank} LoRA factors "
-        f"of the same {len(names)} modules from the task id; mixed-task batches")  # fmt: skip
+    def timed(name: str, model: Any, run: Any) -> None:
+        began = time.perf_counter()
+        losses[name] = run()
+        models[name] = model
+        costs[name] = (sum(p.numel() for p in _parameters(model) if p.requires_grad), time.perf_counter() - began)
+
+    say(f"\n[2/3] What a PEFT user would do, {steps} steps each: LoRA (rank {args.rank} on {len(names)} modules: "
+        f"{targets}) with the task's name in the prompt ('{prompt(tasks[1], row['input'], in_prompt=True)}'); "
+        f"one LoRA per task ({steps // len(tasks)} steps each); full fine-tuning, the task in the prompt")  # fmt: skip
+    torch.manual_seed(0)
+    lora = get_peft_model(fresh_base(), lora_config)
+    timed(PROMPT_LORA, lora, lambda: fit(lora, mix(written).remove_columns("task"), pad, "lora-prompt"))
+    per_task: dict[str, Any] = {}
+
+    def each_task() -> list[tuple[int, float]]:
+        curve = []
+        for t, task in enumerate(tasks):
+            torch.manual_seed(0)
+            per_task[task] = get_peft_model(fresh_base(), copy.deepcopy(lora_config))
+            alone = data.select([i for i, k in enumerate(data["task"]) if k == t]).remove_columns("task")
+            alone = alone.shuffle(seed=0)
+            n = steps // len(tasks)
+            curve += [(t * n + s, v) for s, v in fit(per_task[task], alone, pad, f"lora-{task}", n=n)]
+        return curve
+
+    timed(LORA_PER_TASK, per_task, each_task)
+    full = fresh_base().requires_grad_(True)
+    timed(FULL, full, lambda: fit(full, mix(written).remove_columns("task"), pad, "full", lr=args.full_lr))
+
+    # 4. hyper models: the task id of each example drives its weights ---------------------------------------------
     collate = HyperDataCollator(["task"], pad)
-    losses[HYPER] = train(hyper, mixed, collate, steps=steps, lr=args.lr, batch=batch, out=args.out, name="hyper")
+    for name, sizes in HYPER_SIZES.items():
+        torch.manual_seed(0)  # the generator's initialisation
+        config = HyperConfig(target_modules=targets, conditions={"task": {"type": "categorical", "num": len(tasks)}},
+                             **{"rank": args.rank, "alpha": args.rank, **sizes})  # fmt: skip
+        hyper = get_hyper_model(fresh_base(), config)
+        trainable, _ = hyper.get_nb_trainable_parameters()
+        say(f"\n[3/3] {name}: a generator ({trainable:,} parameters) predicts the rank-{config.rank} LoRA factors "
+            f"of the same {len(names)} modules from the task id; mixed-task batches")  # fmt: skip
+        run_name = name.split(",")[0].replace(" ", "")
+        timed(name, hyper, lambda hyper=hyper, run_name=run_name: fit(hyper, mix(data), collate, run_name))
+    hyper = models[HYPER]
 
     if not MAIN:  # the other processes trained their share; the rest is reporting
         return
 
     # 5. results ---------------------------------------------------------------------------------------------------
     results, generations = {}, {}
-    for column, model, conditioned in ((BASE, pretrained, False), (LORA, lora, False), (HYPER, hyper, True)):
-        results[column], generations[column] = evaluate(model, encoder, test_rows, tasks, conditioned=conditioned)
-    print_table(tasks, results, len(test_rows))
+    for name, model in [(BASE, pretrained), *models.items()]:
+        results[name], generations[name] = evaluate(model, encoder, test_rows, tasks, told=told[name])
+    print_table(tasks, results, costs, len(test_rows))
 
-    say("\nGenerations on held-out inputs (the hyper model gets the task id; the LoRA sees one text for all tasks):")
+    say(f"\nGenerations on held-out inputs ({HYPER}; {PROMPT_LORA}):")
     for task in tasks:
-        for row, hyper_out, lora_out in list(zip(test_rows, generations[HYPER][task], generations[LORA][task]))[:2]:
+        pairs = zip(test_rows, generations[HYPER][task], generations[PROMPT_LORA][task])
+        for row, hyper_out, lora_out in list(pairs)[:2]:
             mark = lambda out, want=row[task]: "ok   " if out == want else "wrong"  # noqa: E731
             say(f"  {task:<8} {row['input'] + '=':<8} hyper: {hyper_out:<7} {mark(hyper_out)}   "
                 f"LoRA: {lora_out:<7} {mark(lora_out)}")  # fmt: skip
@@ -403,7 +465,7 @@ def main() -> None:
     hyper.save_pretrained(args.out / "hyper")
     size = sum(f.stat().st_size for f in (args.out / "hyper").iterdir())
     reloaded = HyperModel.from_pretrained(fresh_base(), args.out / "hyper")
-    _, again = evaluate(reloaded, encoder, test_rows, tasks, conditioned=True)
+    _, again = evaluate(reloaded, encoder, test_rows, tasks, told="condition")
     if again != generations[HYPER]:
         raise SystemExit("the reloaded hyper model does not reproduce the trained one")
     say(f"\nSaved the hyper model to {args.out / 'hyper'} ({size / 1e6:.1f} MB: generator and config, no base "
@@ -417,13 +479,13 @@ def main() -> None:
     hyper.export_peft_adapter(adapter_dir, task=tasks.index(task))
     peft_model = PeftModel.from_pretrained(fresh_base(), adapter_dir).eval()
     device = next(hyper.parameters()).device
-    full = encoder.prompts([row["input"] + "=" + row[task] for row in test_rows], device)
+    texts = encoder.prompts([row["input"] + "=" + row[task] for row in test_rows], device)
     with torch.no_grad():
-        expected = hyper(**full, task=tasks.index(task)).logits
-        actual = peft_model.to(device)(**full).logits
+        expected = hyper(**texts, task=tasks.index(task)).logits
+        actual = peft_model.to(device)(**texts).logits
     gap = (expected - actual).abs().max().item()
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
-    peft_accuracy, _ = evaluate(peft_model, encoder, test_rows, [task], conditioned=False)
+    peft_accuracy, _ = evaluate(peft_model, encoder, test_rows, [task], told="nothing")
     say(f"Exported task '{task}' as a PEFT LoRA adapter to {adapter_dir}; peft.PeftModel.from_pretrained on a "
         f"fresh base gives the hyper model's logits (max difference {gap:.1e}) and exact match "
         f"{peft_accuracy[task]:.0%} (hyper: {results[HYPER][task]:.0%}): PEFT check passed")  # fmt: skip

