@@ -290,19 +290,26 @@ def print_table(tasks: list[str], results: dict[str, dict[str, float]], costs: d
             + f"{params:>12,}{seconds:>7.0f}s")  # fmt: skip
 
 
-def plot(path: Path, losses: dict[str, list[tuple[int, float]]], results: dict[str, dict[str, float]], tasks):
+def plot(path: Path, losses: dict[str, list[tuple[int, float]]], results: dict[str, dict[str, float]], tasks,
+         costs: dict[str, tuple[int, float]]) -> None:  # fmt: skip
+    """Training losses, and accuracy per task with each model's trainable parameters and training time."""
     from example_plots import grouped_bars, pyplot, save
 
-    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(13, 4.5))
     for name, curve in losses.items():
         if curve:
             left.plot([s for s, _ in curve], [v for _, v in curve], label=name)
     left.set(xlabel="step", ylabel="training loss", title="Fine-tuning on the mixed tasks", yscale="log")
-    left.legend()
-    grouped_bars(right, {name: [accuracy[t] for t in tasks] for name, accuracy in results.items()}, tasks)
-    right.set(ylabel="exact match", ylim=(0, 1.22), title="Accuracy per task (held-out inputs)")
+    left.legend(fontsize=8)
+    labelled = {}
+    for name, accuracy in results.items():
+        params, seconds = costs.get(name, (0, 0.0))
+        label = f"{name}: {params:,} trained, {seconds:.0f} s" if params else name
+        labelled[label] = [accuracy[t] for t in [*tasks]] + [sum(accuracy.values()) / len(tasks)]
+    grouped_bars(right, labelled, [*tasks, "mean"])
+    right.set(ylabel="exact match", ylim=(0, 1.45), title="Accuracy per task (held-out inputs)")
     right.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
-    right.legend(fontsize=8, ncol=3, loc="upper center")
+    right.legend(fontsize=7, ncol=2, loc="upper center")
     save(fig, path)
 
 
@@ -492,7 +499,7 @@ def main() -> None:
 
     figure = args.out / "demo.png"
     try:
-        plot(figure, {k: v for k, v in losses.items() if k != "pretraining"}, results, tasks)
+        plot(figure, {k: v for k, v in losses.items() if k != "pretraining"}, results, tasks, costs)
         say(f"Plot (training loss, accuracy per task): {figure}")
     except ImportError:
         say("No plot: matplotlib is not installed (pip install matplotlib)")
