@@ -212,17 +212,23 @@ Sampler = Callable[[int], tuple[list[tuple[str, str]], dict[str, Any]]]
 
 
 def fit(model: Any, params: list[torch.nn.Parameter], sample: Sampler, *, steps: int, lr: float) -> float:
-    """Trainer's defaults: AdamW (no weight decay), a linear decay to zero, gradients clipped to norm 1.0;
-    `sample(step)` gives (prompt, answer) pairs and the conditions of the batch. Returns the wall time in seconds."""
+    """AdamW (no weight decay), gradients clipped to norm 1.0 (Trainer's defaults), a linear warm-up over the
+    first tenth of the steps then a linear decay to zero; `sample(step)` gives (prompt, answer) pairs and the
+    conditions of the batch. Returns the wall time in seconds."""
     model.train()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
+    # without a warm-up some runs collapsed, e.g. full FT at K = 40 to 0% (70% with it), the prompt-LoRA on the
+    # described tasks to 0% on two seeds of three
+    warm = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warm, (steps - s) / (steps - warm + 1))
+    )
     start = time.perf_counter()
     for step in range(steps):
         pairs, conditions = sample(step)
         loss = model(**training_batch(pairs), **conditions).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)  # without it one seed's default hyper model diverged at 3e-3
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
