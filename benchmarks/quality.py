@@ -586,16 +586,21 @@ def plot(results: list[Result], path: Path) -> None:
     from example_plots import pyplot, save
 
     fig, (left, right) = pyplot().subplots(1, 2, figsize=(12, 4))
+    arms_seen = dict.fromkeys(r.arm for r in results)
+    color = {arm: f"C{i}" for i, arm in enumerate(arms_seen)}  # one colour per arm in both panels
     interference = [r for r in results if r.axis == "interference"]
     for arm in dict.fromkeys(r.arm for r in interference):
         ks = sorted({r.k for r in interference if r.arm == arm})
         means = [statistics.fmean(r.accuracy for r in interference if r.arm == arm and r.k == k) for k in ks]
         lows = [min(r.accuracy for r in interference if r.arm == arm and r.k == k) for k in ks]
         highs = [max(r.accuracy for r in interference if r.arm == arm and r.k == k) for k in ks]
-        left.plot(ks, means, marker="o", label=arm)
-        left.fill_between(ks, lows, highs, alpha=0.15)
+        left.plot(ks, means, marker="o", label=arm, color=color[arm])
+        left.fill_between(ks, lows, highs, alpha=0.15, color=color[arm])
     left.set(xlabel="tasks trained together (K)", ylabel="mean exact match", title="Interference (min-max over seeds)",
              xscale="log", ylim=(0, 1.02))  # fmt: skip
+    ks = sorted({r.k for r in interference})
+    left.set_xticks(ks, [str(k) for k in ks])
+    left.minorticks_off()
     left.legend(fontsize=8)
     axes = [a for a in ("few_shot", "combos", "text") if any(r.axis == a for r in results)]
     arms = list(dict.fromkeys(r.arm for r in results if r.axis in axes))
@@ -608,7 +613,7 @@ def plot(results: list[Result], path: Path) -> None:
                 xs.append(j + (i - (len(arms) - 1) / 2) * width)
                 ys.append(statistics.fmean(values))
                 errs.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        right.bar(xs, ys, width, yerr=errs, label=arm)
+        right.bar(xs, ys, width, yerr=errs, label=arm, color=color[arm])
     right.set_xticks(range(len(axes)), ["new task, few shots", "unseen combination", "unseen description"][: len(axes)]
                      if axes == ["few_shot", "combos", "text"] else axes)  # fmt: skip
     right.set(ylabel="mean exact match", ylim=(0, 1.02), title="Generalisation (mean ± sd over seeds)")
