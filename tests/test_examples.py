@@ -58,7 +58,8 @@ def _check_demo(stdout: str, out: Path) -> None:
 def test_demo_quick(tmp_path):
     stdout = _run([sys.executable, str(EXAMPLES / "demo.py"), "--quick", "--out", str(tmp_path)])
     _check_demo(stdout, tmp_path)
-    assert "[1/3] Pretraining the base" in stdout and "[3/3] Hyper model" in stdout
+    assert "[1/3] Pretraining the base" in stdout and "[2/3] What a PEFT user would do" in stdout
+    assert "[3/3] hyper, task id" in stdout and "[3/3] hyper (small), task id" in stdout
     # a saved base loads back with --model (its own tokenizer), no pretraining
     again = _run([sys.executable, str(EXAMPLES / "demo.py"), "--quick", "--model", str(tmp_path / "base"),
                   "--out", str(tmp_path / "again")])  # fmt: skip
