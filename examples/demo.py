@@ -48,9 +48,11 @@ DATA = Path(__file__).resolve().parent / "data"
 RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 MAIN = RANK == 0
 
-# the models compared: column name -> how each is told the task ("prompt", "adapter", "condition" or nothing)
+# the models compared, and how each is told the task (see `evaluate`)
 BASE, PROMPT_LORA, LORA_PER_TASK, FULL = "base", "LoRA, task in prompt", "LoRA per task", "full FT, task in prompt"
 HYPER, HYPER_SMALL = "hyper, task id", "hyper (small), task id"
+TOLD = {BASE: "nothing", PROMPT_LORA: "prompt", LORA_PER_TASK: "adapter", FULL: "prompt", HYPER: "condition",
+        HYPER_SMALL: "condition"}  # fmt: skip
 # HyperConfig fields of the hyper models beside targets and conditions: the default generator, and one about the
 # size of one LoRA of the demo's rank (16): 37,448 against 34,816 trainable parameters on the demo's base
 SMALL = {"rank": 8, "alpha": 8, "hidden_size": 8, "condition_dim": 8, "share_heads": True}
@@ -305,7 +307,7 @@ def plot(path: Path, losses: dict[str, list[tuple[int, float]]], results: dict[s
     for name, accuracy in results.items():
         params, seconds = costs.get(name, (0, 0.0))
         label = f"{name}: {params:,} trained, {seconds:.0f} s" if params else name
-        labelled[label] = [accuracy[t] for t in [*tasks]] + [sum(accuracy.values()) / len(tasks)]
+        labelled[label] = [accuracy[t] for t in tasks] + [sum(accuracy.values()) / len(tasks)]
     grouped_bars(right, labelled, [*tasks, "mean"])
     right.set(ylabel="exact match", ylim=(0, 1.45), title="Accuracy per task (held-out inputs)")
     right.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
@@ -405,8 +407,6 @@ def main() -> None:
     lora_config = LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=names, lora_dropout=0.0)
     models: dict[str, Any] = {}
     costs: dict[str, tuple[int, float]] = {}  # trainable parameters, training seconds
-    told = {BASE: "nothing", PROMPT_LORA: "prompt", LORA_PER_TASK: "adapter", FULL: "prompt", HYPER: "condition",
-            HYPER_SMALL: "condition"}  # fmt: skip
 
     def timed(name: str, model: Any, run: Any) -> None:
         began = time.perf_counter()
@@ -457,7 +457,7 @@ def main() -> None:
     # 5. results ---------------------------------------------------------------------------------------------------
     results, generations = {}, {}
     for name, model in [(BASE, pretrained), *models.items()]:
-        results[name], generations[name] = evaluate(model, encoder, test_rows, tasks, told=told[name])
+        results[name], generations[name] = evaluate(model, encoder, test_rows, tasks, told=TOLD[name])
     print_table(tasks, results, costs, len(test_rows))
 
     say(f"\nGenerations on held-out inputs ({HYPER}; {PROMPT_LORA}):")
