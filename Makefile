@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2
 
-.PHONY: test demo lint install clean
+.PHONY: test demo docs lint install clean
 
 install: $(VENV)/.installed
 
@@ -22,8 +22,11 @@ test: install
 demo: install
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(PY) examples/demo.py
 
+docs: install
+	$(PY) -m mkdocs build --strict --site-dir site
+
 lint: install
 	$(PY) -m ruff check hyperlight tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

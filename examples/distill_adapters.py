@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo  # noqa: E402  (the demo's data, tokenizer, base model and training loop)
 
 from hyperlight import HyperConfig, get_hyper_model  # noqa: E402
-from hyperlight.integrations import HyperDataCollator, SentenceEncoder  # noqa: E402
+from hyperlight.plugin import SentenceEncoder
+from hyperlight.training import HyperDataCollator  # noqa: E402
 
 # the same tasks in new words: never seen while distilling or training
 NEW_WORDS = {
@@ -108,7 +109,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq
 
-    from hyperlight.integrations.distill import distill_adapters
+    from hyperlight.training.distill import distill_adapters
 
     descriptions = json.loads((demo.DATA / "tasks.json").read_text())
     tasks = list(descriptions)

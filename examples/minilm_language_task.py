@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from hyperlight import HyperConfig, get_hyper_model
-from hyperlight.integrations import HyperDataCollator
+from hyperlight.training import HyperDataCollator
 
 # per language: the sentence templates (past, present), food and sports nouns, positive and negative adjectives
 LANGUAGES = {

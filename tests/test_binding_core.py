@@ -737,7 +737,8 @@ with model.using_externals({"0.lora_A": a3, "0.lora_B": b3}):
     y = model(x)
 for i in range(3):
     torch.testing.assert_close(y[i], x[i] @ conv.weight + conv.bias + 2.0 * b3[i] @ (a3[i] @ x[i]))
-loaded = sorted(name for name in sys.modules if name.startswith("hyperlight.integrations"))
+plugin = ("hyperlight.plugin", "hyperlight.training", "hyperlight.integrations")
+loaded = sorted(name for name in sys.modules if name.startswith(plugin))
 assert not loaded, loaded
 print("ok")
 """

@@ -19,8 +19,8 @@ import torch
 from hf_models import CASES, hyper_config
 
 from hyperlight import HyperModel, get_hyper_model
-from hyperlight.integrations import io
-from hyperlight.integrations.io import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from hyperlight.plugin import checkpoint_file as io
+from hyperlight.plugin.checkpoint_file import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 CASE = CASES[0]  # tiny Llama
@@ -440,7 +440,7 @@ def test_a_resave_keeps_the_permissions_the_owner_gave(tmp_path):
 
 
 def test_a_generator_that_cannot_be_built_leaves_the_model_as_it_was(monkeypatch):
-    from hyperlight.integrations import model as model_module
+    from hyperlight.plugin import model as model_module
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError("injected: the generator does not fit")

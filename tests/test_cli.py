@@ -192,7 +192,7 @@ def test_condition_values_parse_by_type():
 
 
 def test_traceback_option_shows_the_exception(saved):
-    from hyperlight.integrations.io import CheckpointError
+    from hyperlight.plugin.checkpoint_file import CheckpointError
 
     with pytest.raises(CheckpointError):
         main(["--traceback", "inspect", str(saved["root"] / "missing")])
@@ -222,7 +222,7 @@ def test_python_m_and_the_console_script(saved):
 
 def test_distill_adapters_into_a_checkpoint(saved, capsys):
     pytest.importorskip(
-        "hyperlight.integrations.distill", reason="hyperlight.integrations.distill (distill_adapters) is not there yet"
+        "hyperlight.training.distill", reason="hyperlight.training.distill (distill_adapters) is not there yet"
     )
     root = saved["root"]
     source = HyperModel.from_pretrained(CASE.build(), saved["hyper"])

@@ -18,7 +18,7 @@ import torch
 from hf_models import CASES, _seeded, llama
 
 from hyperlight import HyperConfig, HyperModel, get_hyper_model
-from hyperlight.integrations.distill import AdapterError, AdapterKeyError, DistillReport, distill_adapters
+from hyperlight.training.distill import AdapterError, AdapterKeyError, DistillReport, distill_adapters
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.filterwarnings("ignore::FutureWarning")]
 

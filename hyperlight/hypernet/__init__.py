@@ -2,4 +2,3 @@
 
 from .encoding import encode as encode
 from .hypernet import HyperNet as HyperNet
-from .hypernet import Hypernet as Hypernet

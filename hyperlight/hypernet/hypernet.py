@@ -546,6 +546,3 @@ class HyperNet(nn.Module):
         else:
             inputs = f"inputs={dict(self.input_shapes)}, encoding={self.encoding!r}"
         return f"{inputs}, outputs={outputs} tensors, residual={self.residual}, init={self.init!r}"
-
-
-Hypernet = HyperNet

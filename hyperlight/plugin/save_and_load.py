@@ -15,8 +15,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 
 from .._version import __version__
 from ..hypernet.conditions import ConditionSpec
-from .config import HyperConfig
-from .io import (
+from .checkpoint_file import (
     CONFIG_KEY,
     CheckpointError,
     CheckpointHeader,
@@ -25,6 +24,7 @@ from .io import (
     read_checkpoint,
     save_checkpoint,
 )
+from .config import HyperConfig
 
 if TYPE_CHECKING:
     from .model import HyperModel

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._version import __version__
+from .._version import __version__
 
 PROG = "hyperlight"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -144,8 +144,8 @@ def parse_conditions(pairs: Sequence[str], specs: Mapping[str, Mapping[str, Any]
 def read_hyper_checkpoint(path: str) -> tuple[Any, dict[str, Any], Any, str]:
     """(HyperConfig, provenance, weights header, where the config came from), through the bounded readers of
     `hyperlight.integrations.io`; nothing is allocated and no base model is loaded."""
-    from .integrations.config import HyperConfig
-    from .integrations.io import CheckpointError, read_checkpoint
+    from ..plugin.checkpoint_file import CheckpointError, read_checkpoint
+    from ..plugin.config import HyperConfig
 
     record, header, where = read_checkpoint(Path(path).expanduser())
     provenance = record.pop("hyperlight", {})
@@ -240,7 +240,7 @@ def load_base(args: argparse.Namespace, provenance: Mapping[str, Any]) -> Any:
 def load_hyper(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Path]:
     """Check every argument before loading anything (a mistake costs no model load), then load the base and the
     hyper model on it: (hyper model, condition values, output directory)."""
-    from .integrations.model import HyperModel
+    from ..plugin.model import HyperModel
 
     config, provenance, _, _ = read_hyper_checkpoint(args.checkpoint)
     conditions = parse_conditions(args.condition, config.conditions)
@@ -283,7 +283,7 @@ def _bytes(n: int) -> str:
 
 def inspect_record(path: str, *, verify: bool = False) -> dict[str, Any]:
     """What `inspect` reports, as a JSON-ready dict."""
-    from .integrations.io import CONFIG_NAME, DIGEST_KEY
+    from ..plugin.checkpoint_file import CONFIG_NAME, DIGEST_KEY
 
     config, provenance, header, where = read_hyper_checkpoint(path)
     directory = Path(path).expanduser()
@@ -433,7 +433,7 @@ def parse_adapters(pairs: Sequence[str], kind: str) -> dict[Any, Path]:
 
 def distill_config(args: argparse.Namespace, adapters: Mapping[Any, Path]) -> Any:
     """The HyperConfig of `distill`: the options given, the rest from the adapters' adapter_config.json."""
-    from .integrations.config import HyperConfig
+    from ..plugin.config import HyperConfig
 
     if args.share_heads and args.generator != "shared":  # named by its flags, not by HyperConfig's fields
         raise UsageError(
@@ -488,12 +488,12 @@ def cmd_distill(args: argparse.Namespace) -> None:
     check_base(args.base)
     out = check_out(args.out, overwrite=args.overwrite, others={"base": args.base})
     try:
-        from .integrations.distill import distill_adapters
+        from ..training.distill import distill_adapters
     except ModuleNotFoundError as error:
         if error.name != "hyperlight.integrations.distill":
             raise
         raise RuntimeError("this installation of hyperlight has no hyperlight.integrations.distill") from None
-    from .integrations.model import get_hyper_model
+    from ..plugin.model import get_hyper_model
 
     base = load_base(args, {"base_model_class": None})
     hyper = get_hyper_model(base, config)
@@ -642,7 +642,7 @@ def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 after one `hyperlight: error: ...` line)."""
-    from .integrations.io import CheckpointError
+    from ..plugin.checkpoint_file import CheckpointError
 
     parser = build_parser()
     args = None

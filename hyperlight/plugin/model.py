@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from ..hypernet.conditions import ConditionEncoder
-from ..hypernet.generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
 from ..hypernetize import hypernetize, original_value, parameter_holders
 from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
@@ -32,8 +31,9 @@ from ..nn.hypernetized import linear_like
 from ..nn.module import HyperModule
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
-from .persistence import HyperModelPersistence
+from .generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
 from .release import HyperModelRelease
+from .save_and_load import HyperModelPersistence
 from .selection import layer_index, type_key
 from .signature import forward_signature, signed_class
 from .text import resolve_text_encoders, text_condition_names

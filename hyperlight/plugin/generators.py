@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..hypernet import HyperNet
+from ..hypernet.init import initial_value
 from ..nn.external import Shape
-from .hypernet import HyperNet
-from .init import initial_value
 
 
 @dataclass

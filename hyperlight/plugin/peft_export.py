@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..hypernetize import original_value
 from ..nn.hypernetized import linear_like
-from .io import save_tensors
+from .checkpoint_file import save_tensors
 
 if TYPE_CHECKING:
     from .model import HyperModel

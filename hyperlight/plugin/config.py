@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..hypernet.conditions import ConditionSpec
-from .io import CONFIG_NAME as CONFIG_NAME
-from .io import DIGEST_KEY
+from .checkpoint_file import CONFIG_NAME as CONFIG_NAME
+from .checkpoint_file import DIGEST_KEY
 from .selection import check_layers, check_module_names, select_modules
 
 MODES = ("lora", "full")
