@@ -21,6 +21,7 @@ from hf_models import CASES, hyper_config
 from hyperlight import HyperModel, get_hyper_model
 from hyperlight.plugin import checkpoint_file as io
 from hyperlight.plugin.checkpoint_file import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from hyperlight.plugin.save_and_load import checkpoint_record
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 CASE = CASES[0]  # tiny Llama
@@ -234,7 +235,7 @@ def _write(directory: Path, record, tensors=None, *, embed: bool = True) -> None
 
 def _good_record() -> dict:
     hyper = _hyper(1.0)
-    return json.loads(json.dumps(hyper._config_record()))
+    return json.loads(json.dumps(checkpoint_record(hyper)))
 
 
 @pytest.mark.parametrize("embed", [True, False], ids=["embedded", "json-only"])

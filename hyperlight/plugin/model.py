@@ -13,28 +13,27 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import threading
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..hypernet.conditions import ConditionEncoder
-from ..hypernetize import hypernetize, original_value, parameter_holders
+from ..hypernetize import original_value
 from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
-from ..nn.hypernetized import linear_like
 from ..nn.module import HyperModule
+from . import save_and_load
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
-from .generators import GeneratorTarget, PerTargetGenerator, SharedGenerator
-from .release import HyperModelRelease
-from .save_and_load import HyperModelPersistence
-from .selection import layer_index, type_key
+from .peft_export import write_peft_adapter
+from .planning import build_generator, full_mode_parameters, hypernetize_targets, modules_to_save, plan_targets
+from .release import PretrainedState, release_base, single_condition_values
+from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
 from .signature import forward_signature, signed_class
 from .text import resolve_text_encoders, text_condition_names
 
@@ -59,45 +58,6 @@ def _accepted_keywords(forward: Any) -> frozenset[str] | None:
     return frozenset(names)
 
 
-class _ReplacedForwardCalls(threading.local):
-    """Per thread (a call's hooks and forward run on one thread, and torch.compile can read a thread-local):
-    `open`, the calls the hooks below bound, innermost last, each with what to close and restore; `bound`, the
-    hyper model whose hooks bound a call that has not yet reached `HyperModel.forward`."""
-
-    def __init__(self) -> None:
-        self.open: list[list[Any]] = []  # [hyper, ExitStack, GradientSink | None, the previous `bound`]
-        self.bound: nn.Module | None = None
-
-
-_REPLACED = _ReplacedForwardCalls()
-
-
-def _bind_replaced_forward(hyper: HyperModel, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-    """Forward pre-hook: when a library has replaced this instance's `forward` (TRL's fused LM head, Accelerate's
-    autocast wrapper), the replacement may never reach `HyperModel.forward`, so the call binds here, after the
-    hooks registered before it (FSDP's unsharding prepends itself) and around whatever forward runs."""
-    if "forward" not in hyper.__dict__:
-        return None  # HyperModel.forward runs and binds the call itself
-    kwargs = dict(kwargs)
-    entry: list[Any] = [hyper, ExitStack(), None, _REPLACED.bound]
-    _REPLACED.open.append(entry)  # first: the post-hook runs even when binding raises, and closes this entry
-    entry[2] = entry[1].enter_context(hyper._bound_call(args, kwargs))
-    _REPLACED.bound = hyper  # if the replacement calls HyperModel.forward, that binds nothing more
-    return args, kwargs
-
-
-def _unbind_replaced_forward(hyper: HyperModel, args: tuple, output: Any) -> Any:
-    calls = _REPLACED.open
-    if not calls or calls[-1][0] is not hyper:
-        return None
-    _, stack, sink, previous = calls.pop()
-    _REPLACED.bound = previous
-    stack.close()
-    if sink is not None and output is not None:
-        sink.attach(output)
-    return None
-
-
 def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
     for key in _BATCH_KEYS:
         value = kwargs.get(key)
@@ -115,127 +75,7 @@ def _first_rows(inverse: Tensor, count: int) -> Tensor:
     return torch.full((count,), inverse.shape[0], device=inverse.device).scatter_reduce(0, inverse, positions, "amin")
 
 
-def _full_mode_parameters(model: nn.Module, names: list[str], wanted: list[str] | None) -> dict[str, list[str]]:
-    """`{module: [parameter names]}` that full mode generates; refuses selections that would untie weights."""
-    modules = dict(model.named_modules())
-    chosen: dict[str, list[str]] = {}
-    for n in names:
-        own = [p for p, v in modules[n]._parameters.items() if v is not None]
-        if picked := [p for p in own if wanted is None or p in wanted]:
-            chosen[n] = picked
-    if not chosen:
-        raise ValueError(
-            f"target_parameters={wanted} matched no parameter of the selected modules "
-            f"{names[:5]}; their parameters are e.g. {list(modules[names[0]]._parameters)}"
-        )
-    owners = parameter_holders(model)  # a tied parameter would be generated once per module: untied
-    for n, ps in chosen.items():
-        for p in ps:
-            held = owners[id(modules[n]._parameters[p])]
-            if len(held) > 1:
-                others = [o for m, o in held.items() if m != id(modules[n])]
-                raise ValueError(
-                    f"'{n}.{p}' is tied to {others} (the same tensor); mode='full' would "
-                    "generate a separate tensor for each module, untying them. Leave tied parameters out of "
-                    "target_modules/target_parameters, or use mode='lora' (which keeps the weights)"
-                )
-    return chosen
-
-
-def _modules_to_save(model: nn.Module, wanted: list[str], targets: list[str]) -> dict[str, nn.Module]:
-    """The base modules named by `modules_to_save` (exact names or suffixes), checked against the targets."""
-    found = {n: m for n, m in model.named_modules() if n and any(n == w or n.endswith(f".{w}") for w in wanted)}
-    missing = [w for w in wanted if not any(n == w or n.endswith(f".{w}") for n in found)]
-    if missing:
-        raise ValueError(f"modules_to_save {missing} matched no module of the model")
-    both = [n for n in found if any(t == n or t.startswith(f"{n}.") for t in targets)]
-    if both:
-        raise ValueError(f"{both} hold targets and are in modules_to_save; a module is either generated or trained")
-    return found
-
-
-def plan_targets(
-    model: nn.Module,
-    config: HyperConfig,
-    names: list[str],
-    chosen: Mapping[str, list[str]],
-    *,
-    values: Mapping[str, Tensor] | None = None,
-) -> list[GeneratorTarget]:
-    """What the generator predicts for each selected module, computed from the model without changing it.
-
-    Full mode's pretrained values come from `values` (what `hypernetize` kept); without them, meta tensors of
-    the parameters' shapes stand in (enough to know sizes)."""
-    modules = dict(model.named_modules())
-    targets = []
-    if config.mode == "lora":
-        for n in names:
-            spec = linear_like(modules[n])
-            fan_in, fan_out = spec.in_features(modules[n]), spec.out_features(modules[n])
-            shapes = {"lora_A": (config.rank, fan_in), "lora_B": (fan_out, config.rank)}
-            targets.append(GeneratorTarget(n, type_key(n), layer_index(n) or 0, shapes))
-    else:
-        for n, ps in chosen.items():
-            if values is not None:
-                base = {p: values[f"{n}.{p}"] for p in ps}
-            else:
-                base = {p: torch.empty(modules[n]._parameters[p].shape, device="meta") for p in ps}
-            shapes = {p: tuple(v.shape) for p, v in base.items()}
-            targets.append(GeneratorTarget(n, type_key(n), layer_index(n) or 0, shapes, base))
-    # modules that share a name pattern but not shapes (rare) get their own head
-    by_key: dict[str, set] = {}
-    for t in targets:
-        by_key.setdefault(t.type_key, set()).add(tuple(sorted(t.shapes.items())))
-    for t in targets:
-        if len(by_key[t.type_key]) > 1:
-            t.type_key = f"{t.type_key}|{sorted(t.shapes.items())}"
-    return targets
-
-
-def build_generator(
-    config: HyperConfig,
-    targets: list[GeneratorTarget],
-    device: torch.device | str,
-    text_encoders: Mapping[str, Any] | None = None,
-) -> tuple[ConditionEncoder, nn.Module]:
-    """The condition encoder and generator a config describes for `targets` (on the meta device: sizes only)."""
-    with torch.device(device):
-        encoder = ConditionEncoder(config.conditions, config.condition_dim, text_encoders)
-        if config.generator == "shared":
-            generator: nn.Module = SharedGenerator(
-                targets,
-                encoder.out_features,
-                hidden_size=config.hidden_size,
-                num_layers=config.num_layers,
-                layer_embedding_dim=config.layer_embedding_dim,
-                type_embedding_dim=config.type_embedding_dim,
-                dropout=config.hypernet_dropout,
-                share_heads=config.share_heads,
-            )
-        else:
-            generator = PerTargetGenerator(targets, encoder.out_features, hidden_size=config.hidden_size)
-    return encoder, generator
-
-
-def target_shapes_of(model: nn.Module, config: HyperConfig, names: list[str]) -> dict[str, dict[str, list[int]]]:
-    """`{target: {external: shape}}` that `config` gives the modules `names` of `model` (nothing changes)."""
-    chosen = _full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
-    return {t.name: {k: list(v) for k, v in t.shapes.items()} for t in plan_targets(model, config, names, chosen)}
-
-
-def expected_state_shapes(model: nn.Module, config: HyperConfig, names: list[str]) -> dict[str, tuple[int, ...]]:
-    """`{key: shape}` of the `hyper_state_dict()` that `config` gives on `model` with these targets, computed on
-    the meta device without changing the model: what a checkpoint's tensors must be before any is allocated."""
-    chosen = _full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
-    encoder, generator = build_generator(config, plan_targets(model, config, names, chosen), "meta")
-    shapes = {f"condition_encoder.{k}": tuple(v.shape) for k, v in encoder.state_dict().items()}
-    shapes |= {f"generator.{k}": tuple(v.shape) for k, v in generator.state_dict().items()}
-    for name, module in _modules_to_save(model, config.modules_to_save or [], names).items():
-        shapes |= {f"base_model.{name}.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
-    return shapes
-
-
-class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
+class HyperModel(nn.Module):
     """A base model + a generator that predicts its target weights from conditions, per example.
 
     Build it with `get_hyper_model(model, HyperConfig(...))`. Call it like the base model, adding one
@@ -265,11 +105,12 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         self.hyper_config = config
         # every check runs before the model changes, so a bad config leaves it untouched
         names = config.matched_modules(model)
-        saved = _modules_to_save(model, config.modules_to_save or [], names)
+        saved = modules_to_save(model, config.modules_to_save or [], names)
         forward_signature(type(model), tuple(config.conditions))  # condition names must not shadow arguments
-        chosen = _full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
+        chosen = full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
 
-        self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        # unload() gives back the base as it was: what it was, before anything changes
+        self._pretrained = PretrainedState.record(model, saved)
         # the generator (the allocation that can fail) is built from the unchanged model, before it changes
         modules = dict(model.named_modules())
         pretrained = {f"{n}.{p}": modules[n]._parameters[p].detach() for n, ps in chosen.items() for p in ps}
@@ -278,17 +119,13 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         self.condition_encoder, self.generator = build_generator(config, targets, device, text_encoders)
 
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
-        self._hypernetize(model, names, chosen)  # checks every target before changing any
+        hypernetize_targets(model, config, names, chosen)  # checks every target before changing any
         self._base = model
         self._released = False
         self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
         for module in saved.values():
             module.requires_grad_(True)
         self._saved_modules = saved
-        # unload() gives back the base as it was: keep the pretrained state of what will train
-        self._saved_originals = {
-            n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in saved.items()
-        }
         self._base_keywords = _accepted_keywords(model.forward)
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
@@ -297,27 +134,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
         # full mode: generated tensors take the dtype of the pretrained values (which follow .to())
         self._full_mode = config.mode == "full"
         self.__class__ = signed_class(type(self), type(model), tuple(self.condition_names))
-        self.register_forward_pre_hook(_bind_replaced_forward, with_kwargs=True)
-        self.register_forward_hook(_unbind_replaced_forward, always_call=True)
-
-    # -- construction -------------------------------------------------------------------------------
-
-    def _hypernetize(self, model: nn.Module, names: list[str], chosen: dict[str, list[str]]) -> None:
-        config = self.hyper_config
-        modules = dict(model.named_modules())
-        if config.mode == "lora":
-            hypernetize(
-                model,
-                modules=[modules[n] for n in names],
-                rank=config.rank,
-                alpha=config.alpha,
-                dropout=config.dropout,
-                convert_root=False,
-                unset="original",
-            )
-        else:
-            params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
-            hypernetize(model, parameters=params, convert_root=False, unset="original")
+        self.register_forward_pre_hook(bind_replaced_forward, with_kwargs=True)
+        self.register_forward_hook(unbind_replaced_forward, always_call=True)
 
     # -- the model's surface ----------------------------------------------------------------------------
 
@@ -354,9 +172,82 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
                 "get_hyper_model(...) / HyperModel.from_pretrained(...)"
             )
 
-    def _detach_from_base(self) -> None:
+    # -- saving and loading (save_and_load.py) ----------------------------------------------------------
+
+    def hyper_state_dict(self, *, keep_vars: bool = False) -> dict[str, Tensor]:
+        """The trained state: condition encoder, generator and `modules_to_save` (never the frozen base)."""
+        return save_and_load.hyper_state_dict(self, keep_vars=keep_vars)
+
+    def save_pretrained(self, save_directory: str | Path, *, is_main_process: bool = True, **_: Any) -> None:
+        """Write `hyper_config.json` and `hyper_model.safetensors` (the hyper weights only; atomic writes).
+
+        Under FSDP call it on every process (sharded weights are gathered), with `is_main_process` true on one.
+        """
+        save_and_load.save_pretrained(self, save_directory, is_main_process=is_main_process)
+
+    @classmethod
+    def from_pretrained(
+        cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False, encoder: Any = None
+    ) -> HyperModel:
+        """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory or a
+        `Trainer` checkpoint directory (whose `model.safetensors` holds the hyper weights and config).
+
+        The checkpoint is checked before anything is built or allocated: its config is validated, its recorded
+        targets must be this model's modules with these shapes, and the tensor shapes the config implies must be
+        the file's. The targets are selected by the exact names the checkpoint recorded (the config's pattern
+        must select the same, evaluated with a time bound). The tensors are then verified against the digest
+        recorded at save and must be finite. Any failure raises naming the file and leaves `model` exactly as it
+        was. With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
+
+        Text conditions load the sentence encoder the checkpoint records (its path or name) and check its
+        fingerprint; `encoder=PATH` (or a dict by condition name) gives it where it moved.
+        """
+        return save_and_load.load_pretrained(cls, model, path, is_trainable=is_trainable, encoder=encoder)
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """The hyper weights (never the frozen base) plus the config as a tensor, so that a plain
+        `Trainer` checkpoint (`model.safetensors`) is small and loads with `HyperModel.from_pretrained`.
+        `base_state_dict()` gives the base model's."""
+        if args:
+            raise TypeError("state_dict takes keyword arguments only (destination=, prefix=, keep_vars=)")
+        return save_and_load.state_dict_with_config(self, destination, prefix, keep_vars)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load what `state_dict()` gives (the config entry, if present, must match this model's)."""
+        return save_and_load.load_state_dict_with_config(self, state_dict, strict=strict)
+
+    def base_state_dict(self) -> dict[str, Tensor]:
+        """The base model's own state dict (its hypernetized targets' frozen weights included)."""
+        return self._base.state_dict()
+
+    # -- giving the base back (release.py, peft_export.py) ----------------------------------------------
+
+    def merge_and_unload(self, **conditions: Any) -> nn.Module:
+        """A plain base model (no hyperlight class left) with the weights of one condition baked in (and the
+        trained `modules_to_save`). This hyper model is unusable afterwards."""
+        self.require_loaded()
+        return self._release(single_condition_values(self, conditions), keep_trained=True)
+
+    def unload(self) -> nn.Module:
+        """The base model as it was before `get_hyper_model`: original classes, weights (`modules_to_save`
+        included) and trainability. This hyper model is unusable afterwards."""
+        self.require_loaded()
+        return self._release(None, keep_trained=False)
+
+    def export_peft_adapter(self, save_directory: str | Path, **conditions: Any) -> dict[str, float]:
+        """Write a standard PEFT LoRA adapter for one condition; returns `{module: relative error}`.
+
+        In lora mode the predicted factors are written as they are (errors are 0). In full mode the
+        change `W - W0` of each linear target's weight is truncated by SVD to `rank`, and the relative
+        Frobenius error of that approximation is reported.
+        """
+        self.require_loaded()
+        return write_peft_adapter(self, Path(save_directory), single_condition_values(self, conditions))
+
+    def _release(self, values: Mapping[str, Tensor] | None, *, keep_trained: bool) -> nn.Module:
         self._released = True
         unbind_checkpointing(self._checkpointable)
+        return release_base(self._base, self._pretrained, self._saved_modules, values, keep_trained=keep_trained)
 
     # -- conditions -> weights, bound to one call ---------------------------------------------------
 
@@ -512,8 +403,8 @@ class HyperModel(HyperModelPersistence, HyperModelRelease, nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The base model's forward, inside the weights this call generates from its conditions."""
-        if _REPLACED.bound is self:  # a replaced forward is running, and its hooks already bound this call
-            _REPLACED.bound = None  # a nested call of this model inside the base binds afresh
+        if REPLACED.bound is self:  # a replaced forward is running, and its hooks already bound this call
+            REPLACED.bound = None  # a nested call of this model inside the base binds afresh
             return self._base(*args, **kwargs)
         with self._bound_call(args, kwargs) as sink:
             output = self._base(*args, **kwargs)

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..hypernetize import original_value
 from ..nn.hypernetized import linear_like
 from .checkpoint_file import save_tensors
-
-if TYPE_CHECKING:
-    from .model import HyperModel
 
 
 def _relative_error(delta: Tensor, approx: Tensor) -> float:
@@ -23,13 +19,13 @@ def _relative_error(delta: Tensor, approx: Tensor) -> float:
     return 0.0 if norm == 0 else float((delta - approx).norm()) / norm
 
 
-def _lowrank_factors(hyper: HyperModel, values: Mapping[str, Tensor]) -> tuple[dict[str, tuple[Tensor, Tensor]], dict]:
+def _lowrank_factors(hyper: nn.Module, values: Mapping[str, Tensor]) -> tuple[dict[str, tuple[Tensor, Tensor]], dict]:
     """lora mode: the predicted factors themselves (exact)."""
     factors = {name: (values[f"{name}.lora_A"], values[f"{name}.lora_B"]) for name in hyper.targeted_modules}
     return factors, {name: 0.0 for name in factors}
 
 
-def _svd_factors(hyper: HyperModel, values: Mapping[str, Tensor]) -> tuple[dict[str, tuple[Tensor, Tensor]], dict]:
+def _svd_factors(hyper: nn.Module, values: Mapping[str, Tensor]) -> tuple[dict[str, tuple[Tensor, Tensor]], dict]:
     """full mode: truncated SVD of each linear target's weight change, at the config's rank."""
     rank, scaling = hyper.hyper_config.rank, hyper.hyper_config.scaling
     factors, errors = {}, {}
@@ -58,7 +54,8 @@ def _svd_factors(hyper: HyperModel, values: Mapping[str, Tensor]) -> tuple[dict[
     return factors, errors
 
 
-def export_lora_adapter(hyper: HyperModel, directory: Path, values: Mapping[str, Tensor]) -> dict[str, float]:
+def write_peft_adapter(hyper: nn.Module, directory: Path, values: Mapping[str, Tensor]) -> dict[str, float]:
+    """Write `values` (one condition's generated tensors) as a PEFT LoRA adapter in `directory`."""
     from peft import LoraConfig
 
     config = hyper.hyper_config

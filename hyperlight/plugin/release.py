@@ -1,66 +1,68 @@
-"""Giving the base model back: merged for one condition, unloaded as it was, or exported as a PEFT adapter."""
+"""Giving the base model back: merged for one condition, unloaded as it was, or exported as a PEFT adapter.
+
+`HyperModel.merge_and_unload`, `unload` and `export_peft_adapter` are built from these: the generated values of
+one condition, and the base model released with them (or without). What `unload()` needs to restore the base
+exactly is recorded when the hyper model is built, in a `PretrainedState` the hyper model holds.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..hypernetize import unhypernetize
 
-if TYPE_CHECKING:
-    from .model import HyperModel
+
+@dataclass(frozen=True)
+class PretrainedState:
+    """What the base model was before it became a hyper model's, beyond what `unhypernetize` restores: each
+    parameter's `requires_grad`, and the pretrained state of the `modules_to_save` (which train in place)."""
+
+    requires_grad: dict[str, bool]
+    saved_modules: dict[str, dict[str, Tensor]]
+
+    @classmethod
+    def record(cls, model: nn.Module, saved_modules: Mapping[str, nn.Module]) -> PretrainedState:
+        return cls(
+            requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+            saved_modules={
+                n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in saved_modules.items()
+            },
+        )
 
 
-class HyperModelRelease:
-    """The merge/unload/export half of `HyperModel` (a mixin: it uses the model's public surface only)."""
+def single_condition_values(hyper: nn.Module, conditions: Mapping[str, Any]) -> dict[str, Tensor]:
+    """`{target.external: tensor}` for one condition (one example), detached: what merging bakes in."""
+    with torch.no_grad():
+        generated = hyper.generate_weights(1, **conditions)
+    values = {}
+    for target, tensors in generated.items():
+        for name, value in tensors.items():
+            if value.dim() != len(hyper.target_shapes[target][name]):
+                raise ValueError("merge/export needs a single condition value (one example), got several")
+            values[f"{target}.{name}"] = value.detach()
+    return values
 
-    def single_condition_values(self: HyperModel, conditions: Mapping[str, Any]) -> dict[str, Tensor]:
-        """`{target.external: tensor}` for one condition (one example), detached: what merging bakes in."""
-        with torch.no_grad():
-            generated = self.generate_weights(1, **conditions)
-        values = {}
-        for target, tensors in generated.items():
-            for name, value in tensors.items():
-                if value.dim() != len(self.target_shapes[target][name]):
-                    raise ValueError("merge/export needs a single condition value (one example), got several")
-                values[f"{target}.{name}"] = value.detach()
-        return values
 
-    def merge_and_unload(self: HyperModel, **conditions: Any) -> nn.Module:
-        """A plain base model (no hyperlight class left) with the weights of one condition baked in (and the
-        trained `modules_to_save`). This hyper model is unusable afterwards."""
-        self.require_loaded()
-        return self.release_base(self.single_condition_values(conditions), keep_trained=True)
-
-    def unload(self: HyperModel) -> nn.Module:
-        """The base model as it was before `get_hyper_model`: original classes, weights (`modules_to_save`
-        included) and trainability. This hyper model is unusable afterwards."""
-        self.require_loaded()
-        return self.release_base(None, keep_trained=False)
-
-    def export_peft_adapter(self: HyperModel, save_directory: str | Path, **conditions: Any) -> dict[str, float]:
-        """Write a standard PEFT LoRA adapter for one condition; returns `{module: relative error}`.
-
-        In lora mode the predicted factors are written as they are (errors are 0). In full mode the
-        change `W - W0` of each linear target's weight is truncated by SVD to `rank`, and the relative
-        Frobenius error of that approximation is reported.
-        """
-        from .peft_export import export_lora_adapter
-
-        self.require_loaded()
-        return export_lora_adapter(self, Path(save_directory), self.single_condition_values(conditions))
-
-    def release_base(self: HyperModel, values: Mapping[str, Tensor] | None, *, keep_trained: bool) -> nn.Module:
-        base = self._base
-        self._detach_from_base()
-        unhypernetize(base, values)
-        if not keep_trained:
-            for name, module in self.saved_modules.items():
-                module.load_state_dict(self._saved_originals[name])
-        for name, param in base.named_parameters():
-            param.requires_grad_(self._base_requires_grad.get(name, True))
-        return base
+def release_base(
+    base: nn.Module,
+    pretrained: PretrainedState,
+    saved_modules: Mapping[str, nn.Module],
+    values: Mapping[str, Tensor] | None,
+    *,
+    keep_trained: bool,
+) -> nn.Module:
+    """The plain base model: its targets back to their original classes, with `values` baked in (merge) or their
+    pretrained weights (unload); the `modules_to_save` trained (merge) or as they were (unload); trainability as
+    it was."""
+    unhypernetize(base, values)
+    if not keep_trained:
+        for name, module in saved_modules.items():
+            module.load_state_dict(pretrained.saved_modules[name])
+    for name, param in base.named_parameters():
+        param.requires_grad_(pretrained.requires_grad.get(name, True))
+    return base

@@ -1,5 +1,7 @@
-"""Saving and loading a hyper model: its trained state only (condition encoder, generator, `modules_to_save`),
-as `save_pretrained` files or as `state_dict()` (so a plain `Trainer` checkpoint is small and loadable)."""
+"""Saving and loading a hyper model, as functions over it (PEFT's `save_and_load.py` shape): its trained state only
+(condition encoder, generator, `modules_to_save`), as `save_pretrained` files (`checkpoint_file.py` writes and
+verifies them) or as `state_dict()` (so a plain `Trainer` checkpoint is small and loadable). `HyperModel`'s
+methods of the same names call these. A load checks the file against the model before anything is built."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +27,7 @@ from .checkpoint_file import (
     save_checkpoint,
 )
 from .config import HyperConfig
-
-if TYPE_CHECKING:
-    from .model import HyperModel
+from .planning import expected_state_shapes, target_shapes_of
 
 
 def _full_tensor(tensor: Tensor) -> Tensor:
@@ -36,156 +36,131 @@ def _full_tensor(tensor: Tensor) -> Tensor:
     return full() if callable(full) else tensor
 
 
-class HyperModelPersistence:
-    """The save/load half of `HyperModel` (a mixin: it uses the model's public surface only)."""
+def hyper_state_dict(hyper: nn.Module, *, keep_vars: bool = False) -> dict[str, Tensor]:
+    """The trained state: condition encoder, generator and `modules_to_save` (never the frozen base)."""
+    parts = [("condition_encoder.", hyper.condition_encoder), ("generator.", hyper.generator)]
+    parts += [(f"base_model.{name}.", module) for name, module in hyper.saved_modules.items()]
+    state: dict[str, Tensor] = {}
+    for prefix, module in parts:
+        state.update({prefix + k: v for k, v in nn.Module.state_dict(module, keep_vars=keep_vars).items()})
+    return state
 
-    def hyper_state_dict(self: HyperModel, *, keep_vars: bool = False) -> dict[str, Tensor]:
-        """The trained state: condition encoder, generator and `modules_to_save` (never the frozen base)."""
-        parts = [("condition_encoder.", self.condition_encoder), ("generator.", self.generator)]
-        parts += [(f"base_model.{name}.", module) for name, module in self.saved_modules.items()]
-        state: dict[str, Tensor] = {}
-        for prefix, module in parts:
-            state.update({prefix + k: v for k, v in nn.Module.state_dict(module, keep_vars=keep_vars).items()})
-        return state
 
-    def fingerprint(self: HyperModel) -> dict[str, Any]:
-        """What a checkpoint records of the model it was trained on, checked when it is loaded."""
-        return {
-            "version": __version__,
-            "base_model_class": type(self._base).__name__,
-            "model_type": getattr(getattr(self._base, "config", None), "model_type", None),
-            "targets": self.target_shapes,
-        }
+def checkpoint_record(hyper: nn.Module) -> dict[str, Any]:
+    """The config a checkpoint stores, with what it records of the model it was trained on (checked at load)."""
+    base = hyper.get_base_model()
+    provenance = {
+        "version": __version__,
+        "base_model_class": type(base).__name__,
+        "model_type": getattr(getattr(base, "config", None), "model_type", None),
+        "targets": hyper.target_shapes,
+    }
+    return {**hyper.hyper_config.to_dict(), "hyperlight": provenance}
 
-    def save_pretrained(
-        self: HyperModel, save_directory: str | Path, *, is_main_process: bool = True, **_: Any
-    ) -> None:
-        """Write `hyper_config.json` and `hyper_model.safetensors` (the hyper weights only; atomic writes).
 
-        Under FSDP call it on every process (sharded weights are gathered), with `is_main_process` true on one.
-        """
-        self.require_loaded()
-        directory = Path(save_directory)
-        if directory.exists() and not directory.is_dir():
-            raise NotADirectoryError(f"save_pretrained needs a directory, got the file {directory}")
-        state = {k: _full_tensor(v) for k, v in self.hyper_state_dict().items()}
-        if not is_main_process:
-            return
-        save_checkpoint(directory, state, self._config_record(), __version__)
+def save_pretrained(hyper: nn.Module, save_directory: str | Path, *, is_main_process: bool = True) -> None:
+    """Write `hyper_config.json` and `hyper_model.safetensors` (the hyper weights only; atomic writes).
 
-    def _config_record(self: HyperModel) -> dict[str, Any]:
-        return {**self.hyper_config.to_dict(), "hyperlight": self.fingerprint()}
+    Under FSDP call it on every process (sharded weights are gathered), with `is_main_process` true on one.
+    """
+    hyper.require_loaded()
+    directory = Path(save_directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"save_pretrained needs a directory, got the file {directory}")
+    state = {k: _full_tensor(v) for k, v in hyper_state_dict(hyper).items()}
+    if not is_main_process:
+        return
+    save_checkpoint(directory, state, checkpoint_record(hyper), __version__)
 
-    @classmethod
-    def from_pretrained(
-        cls, model: nn.Module, path: str | Path, *, is_trainable: bool = False, encoder: Any = None
-    ) -> HyperModel:
-        """Rebuild a hyper model on `model` (a fresh base model) from a `save_pretrained` directory or a
-        `Trainer` checkpoint directory (whose `model.safetensors` holds the hyper weights and config).
 
-        The checkpoint is checked before anything is built or allocated: its config is validated, its recorded
-        targets must be this model's modules with these shapes, and the tensor shapes the config implies must be
-        the file's. The targets are selected by the exact names the checkpoint recorded (the config's pattern
-        must select the same, evaluated with a time bound). The tensors are then verified against the digest
-        recorded at save and must be finite. Any failure raises naming the file and leaves `model` exactly as it
-        was. With `is_trainable=False` (the default, as in PEFT) the generator is frozen and in eval mode.
-
-        Text conditions load the sentence encoder the checkpoint records (its path or name) and check its
-        fingerprint; `encoder=PATH` (or a dict by condition name) gives it where it moved.
-        """
-        from .model import expected_state_shapes
-
-        directory = Path(path)
-        record, header, where = read_checkpoint(directory)
-        provenance = record.pop("hyperlight", {})
-        try:
-            config = HyperConfig.from_dict(record)
-            _check_sizes_against(header, config)
-            recorded_names = set(provenance.get("targets", {}))
-            recorded = [n for n, _ in model.named_modules() if n in recorded_names]  # in model order
-            if recorded_names:
-                _check_recorded_targets(model, config, provenance, where, directory)
-                build_config = dataclasses.replace(
-                    config, target_modules=recorded, exclude_modules=None, layers_to_transform=None
-                )
-            else:  # a checkpoint from before targets were recorded: select as the config says
-                build_config = config
-                recorded = _select_bounded(model, config, where)
-            _check_header(header, expected_state_shapes(model, build_config, recorded))
-        except CheckpointError:
-            raise
-        except (TypeError, ValueError, KeyError, OverflowError, RecursionError, RuntimeError) as error:
-            raise CheckpointError(f"{where}: {str(error)[:1000]}") from None
-
-        hyper = cls(model, build_config, encoder=encoder)
-        try:
-            # the config as saved (its target pattern), with the text encoders as resolved (where they were found)
-            hyper.hyper_config = dataclasses.replace(config, conditions=hyper.hyper_config.conditions)
-            hyper.check_provenance(provenance, directory)
-            state = header.load()
-            state.pop(CONFIG_KEY, None)
-            hyper._load_hyper_state(state)
-        except BaseException:
-            hyper.unload()  # the given model goes back exactly as it was
-            raise
-        if not is_trainable:
-            hyper.requires_grad_(False)
-            hyper.eval()
-        return hyper
-
-    def check_provenance(self: HyperModel, provenance: Mapping[str, Any], directory: Path) -> None:
-        """Raise if a checkpoint's recorded model (type, targets, shapes) is not this one."""
-        _check_provenance(provenance, self._base, self.target_shapes, directory)
-
-    # -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------
-
-    def state_dict(
-        self: HyperModel, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False
-    ) -> Any:
-        """The hyper weights (never the frozen base) plus the config as a tensor, so that a plain
-        `Trainer` checkpoint (`model.safetensors`) is small and loads with `HyperModel.from_pretrained`.
-        `base_state_dict()` gives the base model's."""
-        if args:
-            raise TypeError("state_dict takes keyword arguments only (destination=, prefix=, keep_vars=)")
-        destination = OrderedDict() if destination is None else destination
-        for key, value in self.hyper_state_dict(keep_vars=keep_vars).items():
-            destination[prefix + key] = value
-        destination[prefix + CONFIG_KEY] = config_to_tensor(self._config_record())
-        return destination
-
-    def load_state_dict(
-        self: HyperModel, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
-    ) -> Any:
-        """Load what `state_dict()` gives (the config entry, if present, must match this model's)."""
-        state = dict(state_dict)
-        record = state.pop(CONFIG_KEY, None)
-        if record is not None:
-            saved = config_from_tensor(record)
-            provenance = saved.pop("hyperlight", {})
-            loaded = HyperConfig.from_dict(saved)
-            if loaded != self.hyper_config or list(loaded.conditions) != list(self.hyper_config.conditions):
-                raise ValueError("the state dict was saved from a hyper model with another HyperConfig")
-            self.check_provenance(provenance, Path("<state_dict>"))
-        return self._load_hyper_state(state, strict=strict)
-
-    def base_state_dict(self: HyperModel) -> dict[str, Tensor]:
-        """The base model's own state dict (its hypernetized targets' frozen weights included)."""
-        return self._base.state_dict()
-
-    def _load_hyper_state(self: HyperModel, state: Mapping[str, Tensor], *, strict: bool = True) -> Any:
-        own = self.hyper_state_dict()
-        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if bad or (strict and (missing or extra)):
-            raise ValueError(
-                f"hyper weights do not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, "
-                f"wrong shapes {bad[:4]}"
+def load_pretrained(
+    cls: type[nn.Module], model: nn.Module, path: str | Path, *, is_trainable: bool = False, encoder: Any = None
+) -> Any:
+    """`cls.from_pretrained(model, path)`: rebuild a hyper model of class `cls` on `model` (a fresh base model)
+    from a `save_pretrained` directory or a `Trainer` checkpoint directory (see `HyperModel.from_pretrained`)."""
+    directory = Path(path)
+    record, header, where = read_checkpoint(directory)
+    provenance = record.pop("hyperlight", {})
+    try:
+        config = HyperConfig.from_dict(record)
+        _check_sizes_against(header, config)
+        recorded_names = set(provenance.get("targets", {}))
+        recorded = [n for n, _ in model.named_modules() if n in recorded_names]  # in model order
+        if recorded_names:
+            _check_recorded_targets(model, config, provenance, where, directory)
+            build_config = dataclasses.replace(
+                config, target_modules=recorded, exclude_modules=None, layers_to_transform=None
             )
-        with torch.no_grad():
-            for key, value in state.items():
-                if key in own:
-                    own[key].copy_(value)
-        return _IncompatibleKeys(missing, extra)
+        else:  # a checkpoint from before targets were recorded: select as the config says
+            build_config = config
+            recorded = _select_bounded(model, config, where)
+        _check_header(header, expected_state_shapes(model, build_config, recorded))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, OverflowError, RecursionError, RuntimeError) as error:
+        raise CheckpointError(f"{where}: {str(error)[:1000]}") from None
+
+    hyper = cls(model, build_config, encoder=encoder)
+    try:
+        # the config as saved (its target pattern), with the text encoders as resolved (where they were found)
+        hyper.hyper_config = dataclasses.replace(config, conditions=hyper.hyper_config.conditions)
+        _check_provenance(provenance, model, hyper.target_shapes, directory)
+        state = header.load()
+        state.pop(CONFIG_KEY, None)
+        load_hyper_state(hyper, state)
+    except BaseException:
+        hyper.unload()  # the given model goes back exactly as it was
+        raise
+    if not is_trainable:
+        hyper.requires_grad_(False)
+        hyper.eval()
+    return hyper
+
+
+# -- nn.Module state: the hyper weights only, so Trainer checkpoints stay small -----------------------------
+
+
+def state_dict_with_config(
+    hyper: nn.Module, destination: Any = None, prefix: str = "", keep_vars: bool = False
+) -> dict[str, Any]:
+    """The hyper weights (never the frozen base) plus the config as a tensor, so that a plain `Trainer`
+    checkpoint (`model.safetensors`) is small and loads with `HyperModel.from_pretrained`."""
+    destination = OrderedDict() if destination is None else destination
+    for key, value in hyper_state_dict(hyper, keep_vars=keep_vars).items():
+        destination[prefix + key] = value
+    destination[prefix + CONFIG_KEY] = config_to_tensor(checkpoint_record(hyper))
+    return destination
+
+
+def load_state_dict_with_config(hyper: nn.Module, state_dict: Mapping[str, Any], *, strict: bool = True) -> Any:
+    """Load what `state_dict_with_config` gives (the config entry, if present, must match this model's)."""
+    state = dict(state_dict)
+    record = state.pop(CONFIG_KEY, None)
+    if record is not None:
+        saved = config_from_tensor(record)
+        provenance = saved.pop("hyperlight", {})
+        loaded = HyperConfig.from_dict(saved)
+        if loaded != hyper.hyper_config or list(loaded.conditions) != list(hyper.hyper_config.conditions):
+            raise ValueError("the state dict was saved from a hyper model with another HyperConfig")
+        _check_provenance(provenance, hyper.get_base_model(), hyper.target_shapes, Path("<state_dict>"))
+    return load_hyper_state(hyper, state, strict=strict)
+
+
+def load_hyper_state(hyper: nn.Module, state: Mapping[str, Tensor], *, strict: bool = True) -> Any:
+    """Copy `state` into the hyper weights, refusing missing, unexpected (when strict) or misshapen tensors."""
+    own = hyper_state_dict(hyper)
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad or (strict and (missing or extra)):
+        raise ValueError(
+            f"hyper weights do not fit this model: missing {missing[:4]}, unexpected {extra[:4]}, "
+            f"wrong shapes {bad[:4]}"
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            if key in own:
+                own[key].copy_(value)
+    return _IncompatibleKeys(missing, extra)
 
 
 def _check_provenance(
@@ -219,8 +194,6 @@ def _check_recorded_targets(
     """Before anything is built: the checkpoint's recorded targets must be modules of `model` with the shapes
     the config gives them there, and the config's own selection (evaluated with a time bound: the pattern comes
     from a file) must be exactly them."""
-    from .model import target_shapes_of
-
     modules = dict(model.named_modules())
     recorded = [n for n in provenance["targets"] if n in modules]
     if len(recorded) == len(provenance["targets"]):
