@@ -4,14 +4,14 @@ The PEFT triad: `HyperConfig` (config.py) says what, `hypernetize` (the core) tu
 externals (low-rank `lora_A`/`lora_B` on frozen weights, or full tensors), and this wrapper owns the
 condition encoder and generator. Each call generates its weights and binds them to itself (one owner,
 `hyperlight.nn.binding`): concurrent and nested calls never share them, and nothing stays on the base
-model afterwards. This file builds the model and runs calls; `persistence.py` saves and loads it,
-`release.py` merges, unloads and exports.
+model afterwards. This file builds the model (from `planning.py`'s plan) and runs calls;
+`save_and_load.py` saves and loads it, `release.py` merges and unloads, `peft_export.py` exports. The path of
+one call is written down in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,7 +34,7 @@ from .peft_export import write_peft_adapter
 from .planning import build_generator, full_mode_parameters, hypernetize_targets, modules_to_save, plan_targets
 from .release import PretrainedState, release_base, single_condition_values
 from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
-from .signature import forward_signature, signed_class
+from .signature import accepted_keywords, batch_size_of, forward_signature, signed_class
 from .text import resolve_text_encoders, text_condition_names
 
 # the conditions of the enclosing `conditioned(...)` blocks, per hyper model: the default of calls that give none
@@ -43,30 +43,6 @@ _BLOCK_CONDITIONS: ContextVar[Mapping[int, dict[str, Any]]] = ContextVar(
 )
 # bound to every target inside `disable_adapter()`: no values, so the targets compute as the pretrained model
 ADAPTER_DISABLED = BoundValues()
-_BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
-
-
-def _accepted_keywords(forward: Any) -> frozenset[str] | None:
-    """The keyword arguments `forward` accepts, or None when it takes `**kwargs` (typed or not): then it accepts
-    anything, as the base model itself does (Llama takes and ignores a tokenizer's `token_type_ids`)."""
-    names: set[str] = set()
-    for param in inspect.signature(forward).parameters.values():
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if param.kind is not inspect.Parameter.VAR_POSITIONAL:
-            names.add(param.name)
-    return frozenset(names)
-
-
-def _batch_size(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
-    for key in _BATCH_KEYS:
-        value = kwargs.get(key)
-        if isinstance(value, Tensor) and value.dim() > 0:
-            return value.shape[0]
-    for value in args:
-        if isinstance(value, Tensor) and value.dim() > 0:
-            return value.shape[0]
-    return None
 
 
 def _first_rows(inverse: Tensor, count: int) -> Tensor:
@@ -126,7 +102,7 @@ class HyperModel(nn.Module):
         for module in saved.values():
             module.requires_grad_(True)
         self._saved_modules = saved
-        self._base_keywords = _accepted_keywords(model.forward)
+        self._base_keywords = accepted_keywords(model.forward)
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
@@ -437,7 +413,7 @@ class HyperModel(nn.Module):
         sink = None
         if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
             sink = GradientSink()  # see checkpointing.py: layers read leaf copies, flushed after backward
-        with bind(self._bind(_batch_size(args, kwargs), conditions, expand=1, sink=sink)):
+        with bind(self._bind(batch_size_of(args, kwargs), conditions, expand=1, sink=sink)):
             yield sink
 
     def _output_head_targeted(self) -> bool:
@@ -452,7 +428,7 @@ class HyperModel(nn.Module):
         conditions = self._pop_conditions(kwargs)
         if self._adapter_disabled():
             return self._base.generate(*args, **kwargs)
-        with bind(self._bind(_batch_size(args, kwargs), conditions, expand=self._generation_expansion(kwargs))):
+        with bind(self._bind(batch_size_of(args, kwargs), conditions, expand=self._generation_expansion(kwargs))):
             return self._base.generate(*args, **kwargs)
 
     def _generation_expansion(self, kwargs: Mapping[str, Any]) -> int:

@@ -4,6 +4,8 @@ Transformers' `Trainer` reads `inspect.signature(model.forward)` to decide which
 (`remove_unused_columns=True`) and which are labels; with this signature it keeps the condition columns
 and finds the labels without any flag or subclass. The signature lives on a per-(base class, conditions)
 subclass, `Hyper<BaseClass>`, made by the core's one class factory (which also pickles it).
+
+Also read from the base model's forward: the keyword arguments it accepts, and a call's batch size.
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import functools
 import inspect
 import sys
 import typing
+from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..hypernet.conditions import check_condition_name
 from ..nn.derived import derived_class
 
 # keyword arguments that `GenerationMixin.generate` reads from its **kwargs without naming them
 _GENERATE_KWARGS = ("tokenizer", "assistant_tokenizer", "trust_remote_code")
+# the inputs whose first dimension is a call's batch size, in the order they are looked for
+_BATCH_KEYS = ("input_ids", "inputs_embeds", "pixel_values", "input_features", "input_values", "attention_mask")
 
 
 def _keywords(function: Any, *, variadic: bool = True) -> set[str]:
@@ -112,3 +117,27 @@ def _signed_recipe(
 def signed_class(cls: type[nn.Module], base_cls: type[nn.Module], conditions: tuple[str, ...]) -> type[nn.Module]:
     """`cls` with a `forward` whose signature is `base_cls.forward`'s plus the conditions."""
     return derived_class(_signed_recipe, getattr(cls, "_hl_unsigned", cls), base_cls, conditions)
+
+
+def accepted_keywords(forward: Any) -> frozenset[str] | None:
+    """The keyword arguments `forward` accepts, or None when it takes `**kwargs` (typed or not): then it accepts
+    anything, as the base model itself does (Llama takes and ignores a tokenizer's `token_type_ids`)."""
+    names: set[str] = set()
+    for param in inspect.signature(forward).parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        if param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            names.add(param.name)
+    return frozenset(names)
+
+
+def batch_size_of(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
+    """The batch size of a call of the base model: the first dimension of its first batch input."""
+    for key in _BATCH_KEYS:
+        value = kwargs.get(key)
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.shape[0]
+    for value in args:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return None
