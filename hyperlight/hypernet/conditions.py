@@ -380,3 +380,10 @@ def _describe(value: Any) -> str:
     text = repr(value)
     text = text if len(text) <= 80 else text[:77] + "..."
     return "None" if value is None else f"{type(value).__name__} {text}"
+
+
+def first_rows(inverse: Tensor, count: int) -> Tensor:
+    """For each distinct row u of a batch (`torch.unique(..., return_inverse=True)`), the index of its first
+    occurrence: generating from those rows only, then gathering with `inverse`, gives every row its weights."""
+    positions = torch.arange(inverse.shape[0], device=inverse.device)
+    return torch.full((count,), inverse.shape[0], device=inverse.device).scatter_reduce(0, inverse, positions, "amin")

@@ -18,12 +18,12 @@ from torch import Tensor, nn
 
 from ..nn.external import Shape, as_shape
 from ..nn.module import HyperModule
-from .conditions import ConditionEncoder, ConditionSpec
+from .conditions import ConditionEncoder, ConditionSpec, first_rows
 from .encoding import ENCODINGS, check_encoding, encode, outside_unit_range, warn_outside_range
 from .init import initial_statistics, initial_value
+from .mlp import check_init, mlp
 
 _RENAMED = {"layer_sizes": "hidden_sizes"}
-INITS = ("paper", "torch")
 DEFAULT_CONDITION_DIM = 32  # as the plug-in's HyperConfig
 _EXAMPLE_CONDITIONS = "conditions={'task': {'type': 'categorical', 'num': 4}}"
 _FEATURE_SAMPLES = 1024  # random inputs that measure the output layer's input scale (hyperfan-in)
@@ -55,56 +55,6 @@ def _numel(shape: Shape) -> int:
     return n
 
 
-def _check_init(init: Any) -> str:
-    if not isinstance(init, str) or init not in INITS:
-        raise ValueError(
-            f"init must be 'paper' (Kaiming fan-out, Ortiz et al.) or 'torch' (PyTorch's default nn.Linear init), "
-            f"got {init!r}"
-        )
-    return init
-
-
-def mlp(
-    in_features: int,
-    hidden_sizes: Sequence[int],
-    out_features: int,
-    *,
-    activation: str = "LeakyReLU",
-    dropout: float = 0.0,
-    out_bias: bool = False,
-    init: str = "paper",
-) -> nn.Sequential:
-    """Linear -> activation (-> dropout) blocks, then a final Linear.
-
-    `init="paper"`: Kaiming normal, fan-out mode, zero biases (Ortiz et al.); `init="torch"`: what `nn.Linear`
-    draws by itself (Kaiming uniform with a=√5 and a uniform bias in ±1/√fan_in).
-    """
-    _check_init(init)
-    act = getattr(nn, activation, None)
-    if act is None or not (isinstance(act, type) and issubclass(act, nn.Module)):
-        raise ValueError(f"activation must name a torch.nn activation class such as 'LeakyReLU', got {activation!r}")
-    layers: list[nn.Module] = []
-    size = in_features
-    for hidden in hidden_sizes:
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0:
-            raise ValueError(f"hidden_sizes must hold positive ints, got {list(hidden_sizes)!r}")
-        linear = nn.Linear(size, hidden)
-        if init == "paper":
-            nn.init.kaiming_normal_(linear.weight, mode="fan_out", nonlinearity="leaky_relu")
-            nn.init.zeros_(linear.bias)
-        layers += [linear, act()]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        size = hidden
-    out = nn.Linear(size, out_features, bias=out_bias)
-    if init == "paper":
-        nn.init.kaiming_normal_(out.weight, mode="fan_out", nonlinearity="linear")
-        if out_bias:
-            nn.init.zeros_(out.bias)
-    layers.append(out)
-    return nn.Sequential(*layers)
-
-
 def _is_batched(spec: ConditionSpec, value: Any) -> bool:
     """Whether a (checked) condition value has a batch dimension: ids and scalars beyond 0-d, vectors beyond 1-d."""
     if isinstance(value, str):
@@ -113,12 +63,6 @@ def _is_batched(spec: ConditionSpec, value: Any) -> bool:
         return True  # a list of strings, one per example
     dims = value.dim() if isinstance(value, Tensor) else torch.as_tensor(value).dim()
     return dims > (1 if spec.type == "vector" else 0)
-
-
-def _first_rows(inverse: Tensor, count: int) -> Tensor:
-    """For each distinct row u, the index of its first occurrence in the batch."""
-    positions = torch.arange(inverse.shape[0], device=inverse.device)
-    return torch.full((count,), inverse.shape[0], device=inverse.device).scatter_reduce(0, inverse, positions, "amin")
 
 
 class HyperNet(nn.Module):
@@ -190,7 +134,7 @@ class HyperNet(nn.Module):
             raise TypeError(f"dedup must be True or False, got {dedup!r}")
         self._check_delta_init(delta_init, residual)
         super().__init__()
-        self.init = _check_init(init)
+        self.init = check_init(init)
         self.residual = residual
         self.dedup = dedup
         self.output_shapes = _shapes(output_shapes, "output_shapes")
@@ -506,7 +450,7 @@ class HyperNet(nn.Module):
             unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         if unique.shape[0] == keys.shape[0]:
             return None
-        return _first_rows(inverse, unique.shape[0]), inverse
+        return first_rows(inverse, unique.shape[0]), inverse
 
     def _check_conditions(self, values: Mapping[str, Any]) -> tuple[dict[str, Tensor], bool]:
         encoder = self.condition_encoder

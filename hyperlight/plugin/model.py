@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..hypernet.conditions import first_rows
 from ..hypernetize import original_value
 from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
@@ -43,12 +44,6 @@ _BLOCK_CONDITIONS: ContextVar[Mapping[int, dict[str, Any]]] = ContextVar(
 )
 # bound to every target inside `disable_adapter()`: no values, so the targets compute as the pretrained model
 ADAPTER_DISABLED = BoundValues()
-
-
-def _first_rows(inverse: Tensor, count: int) -> Tensor:
-    """For each unique row u, the index of its first occurrence in the batch."""
-    positions = torch.arange(inverse.shape[0], device=inverse.device)
-    return torch.full((count,), inverse.shape[0], device=inverse.device).scatter_reduce(0, inverse, positions, "amin")
 
 
 class HyperModel(nn.Module):
@@ -255,7 +250,7 @@ class HyperModel(nn.Module):
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
         if unique.shape[0] == keys.shape[0] > 1:  # all rows distinct: generate in batch order, nothing to gather
             return self._cast(self.generator(self.condition_encoder(checked)), None), rows
-        first = _first_rows(inverse, unique.shape[0])
+        first = first_rows(inverse, unique.shape[0])
         z = self.condition_encoder({k: v[first] for k, v in checked.items()})  # (U, D)
         if unique.shape[0] == 1:
             return self._cast(self.generator(z), 0), None  # one condition: shared weights
