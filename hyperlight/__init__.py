@@ -15,7 +15,6 @@ from .find import find_parameters_from_patterns as find_parameters_from_patterns
 from .hypernet import HyperNet as HyperNet
 from .hypernetize import hypernetize as hypernetize
 from .hypernetize import hypernetize_single as hypernetize_single
-from .hypernetize import unhypernetize as unhypernetize
 from .nn import ExternalParameter as ExternalParameter
 from .nn import HyperConv1d as HyperConv1d
 from .nn import HyperConv2d as HyperConv2d
@@ -26,6 +25,7 @@ from .nn import HyperModule as HyperModule
 from .nn import UninitializedExternalError as UninitializedExternalError
 from .nn import capture_externals as capture_externals
 from .nn import register_linear_like as register_linear_like
+from .restore import unhypernetize as unhypernetize
 
 if _typing.TYPE_CHECKING:
     from .plugin import CheckpointError as CheckpointError

@@ -31,6 +31,7 @@ def test_public_api_is_the_sorted_all():
         "hypernetize",
         "nn",
         "plugin",
+        "restore",
         "training",
     }  # subpackages/modules
     assert public <= set(hyperlight.__all__) | {"hypernetize"}

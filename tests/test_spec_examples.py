@@ -359,6 +359,7 @@ CORE_MODULES = [
     "hyperlight.nn.module",
     "hyperlight.nn.layers",
     "hyperlight.hypernetize",
+    "hyperlight.restore",
     "hyperlight.find",
     "hyperlight.hypernet.hypernet",
 ]

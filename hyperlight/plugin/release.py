@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..hypernetize import unhypernetize
+from ..restore import unhypernetize
 
 
 @dataclass(frozen=True)
