@@ -190,7 +190,7 @@ class HyperNet(nn.Module):
                 if name not in encoders:
                     raise ValueError(
                         f"text condition '{name}' needs a sentence encoder: pass text_encoders={{'{name}': encoder}}, "
-                        "a callable list[str] -> (n, dim) tensor (e.g. hyperlight.integrations.text.SentenceEncoder)"
+                        "a callable list[str] -> (n, dim) tensor (e.g. hyperlight.plugin.SentenceEncoder)"
                     )
                 if spec.dim is None and isinstance(getattr(encoders[name], "dim", None), int):
                     parsed[name] = replace(spec, dim=encoders[name].dim)  # the embeddings' size, read off the encoder
