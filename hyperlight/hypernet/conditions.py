@@ -3,6 +3,7 @@ and embedded into one vector per example."""
 
 from __future__ import annotations
 
+import difflib
 import keyword
 import math
 import numbers
@@ -57,9 +58,10 @@ def _is_real(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ConditionSpec:
-    """One condition. `categorical`: ids in [0, num); `vector`: a (dim,) embedding; `scalar`: a number in
-    `range`, rescaled to [0, 1] and encoded with cos|sin; `text`: strings, embedded by a frozen sentence
-    `encoder` (a path or name; its `dim` and `fingerprint` are recorded when the model is built)."""
+    """One condition. `categorical`: ids in [0, num), or named `values` (then `num` is their count and each
+    value may be given by its name or its id); `vector`: a (dim,) embedding; `scalar`: a number in `range`,
+    rescaled to [0, 1] and encoded with cos|sin; `text`: strings, embedded by a frozen sentence `encoder` (a path
+    or name; its `dim` and `fingerprint` are recorded when the model is built)."""
 
     type: str
     num: int | None = None
@@ -67,6 +69,7 @@ class ConditionSpec:
     range: tuple[float, float] | None = None
     encoder: str | None = None
     fingerprint: str | None = None
+    values: tuple[str, ...] | None = None  # categorical: the names of ids 0..num-1
 
     @classmethod
     def parse(cls, name: str, spec: Mapping[str, Any] | ConditionSpec) -> ConditionSpec:
@@ -78,7 +81,7 @@ class ConditionSpec:
                 f"condition '{name}' must be a dict like {{'type': 'categorical', 'num': 8}}, "
                 f"{{'type': 'vector', 'dim': 16}} or {{'type': 'scalar', 'range': [0.0, 1.0]}}, got {spec!r}"
             )
-        fields = {"type", "num", "dim", "range", "encoder", "fingerprint"}
+        fields = {"type", "num", "dim", "range", "encoder", "fingerprint", "values"}
         extra = sorted(set(spec) - fields, key=repr)
         if extra:
             raise ValueError(f"condition '{name}' has unknown fields {extra}; allowed are {sorted(fields)}")
@@ -103,6 +106,8 @@ class ConditionSpec:
                 if spec.get(f) is not None:
                     raise ValueError(f"condition '{name}' ({kind}) does not take '{f}'; remove it")
 
+        if kind != "categorical":
+            unused("values")
         if kind == "text":
             unused("num", "range")
             encoder, fingerprint = spec.get("encoder"), spec.get("fingerprint")
@@ -121,7 +126,15 @@ class ConditionSpec:
         unused("encoder", "fingerprint")
         if kind == "categorical":
             unused("dim", "range")
-            return cls(kind, num=positive(num, "num"))
+            if spec.get("values") is None:
+                return cls(kind, num=positive(num, "num"))
+            names = _value_names(name, spec["values"])
+            if num is not None and positive(num, "num") != len(names):
+                raise ValueError(
+                    f"condition '{name}' has num={num} but {len(names)} values; num is implied by values: "
+                    "give values alone"
+                )
+            return cls(kind, num=len(names), values=names)
         if kind == "vector":
             unused("num", "range")
             return cls(kind, dim=positive(dim, "dim"))
@@ -130,6 +143,45 @@ class ConditionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if v is not None}
+
+
+def _value_names(name: str, values: Any) -> tuple[str, ...]:
+    """A categorical condition's `values`: distinct, non-empty names, one per id."""
+    example = "e.g. {'type': 'categorical', 'values': ['copy', 'reverse', 'sort']}"
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"condition '{name}': 'values' must be a non-empty list of names, got {values!r}; {example}")
+    bad = [v for v in values if not isinstance(v, str) or not v]
+    if bad:
+        raise ValueError(f"condition '{name}': every value must be a non-empty str, got {bad[:4]!r}; {example}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"condition '{name}': values must be distinct, {repeated[:4]} appear more than once")
+    return tuple(values)
+
+
+def _ids_of_names(name: str, spec: ConditionSpec, value: Any) -> Any:
+    """A categorical value given by name (a str, or a list/tuple holding names) as ids; anything else as it is."""
+    named = isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
+    if not named:
+        return value
+    if spec.values is None:
+        raise TypeError(
+            f"condition '{name}' is categorical with ids only: expected integer ids, got {_describe(value)}; to "
+            f"give values by name, declare them: {{'type': 'categorical', 'values': ['copy', 'reverse', ...]}}"
+        )
+    index = {v: i for i, v in enumerate(spec.values)}
+    ids = []
+    for v in [value] if isinstance(value, str) else value:
+        if isinstance(v, str):
+            if v not in index:
+                close = difflib.get_close_matches(v, spec.values, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                known = list(spec.values[:20]) + (["..."] if len(spec.values) > 20 else [])
+                raise ValueError(f"condition '{name}' has no value {v!r}; its values are {known}{hint}")
+            ids.append(index[v])
+        else:
+            ids.append(v)
+    return ids[0] if isinstance(value, str) else ids
 
 
 def _scalar_range(name: str, rng: Any) -> tuple[float, float]:
@@ -275,6 +327,8 @@ class ConditionEncoder(nn.Module):
 
     @staticmethod
     def _check_one(name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:
+        if spec.type == "categorical":
+            value = _ids_of_names(name, spec, value)
         t = _as_tensor(name, spec, value, device)
         if spec.type == "categorical":
             if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:

@@ -59,8 +59,8 @@ def _is_batched(spec: ConditionSpec, value: Any) -> bool:
     """Whether a (checked) condition value has a batch dimension: ids and scalars beyond 0-d, vectors beyond 1-d."""
     if isinstance(value, str):
         return False
-    if spec.type == "text":
-        return True  # a list of strings, one per example
+    if spec.type == "text" or (spec.type == "categorical" and isinstance(value, (list, tuple))):
+        return True  # a list of strings (or of named values and ids), one per example
     dims = value.dim() if isinstance(value, Tensor) else torch.as_tensor(value).dim()
     return dims > (1 if spec.type == "vector" else 0)
 
