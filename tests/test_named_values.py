@@ -88,7 +88,7 @@ def test_unknown_names_and_names_without_values_are_named_errors():
     with pytest.raises(ValueError, match=r"no value 'nope'; its values are \['copy', 'reverse', 'sort', 'upper'\]"):
         hyper(input_ids=IDS[:2], task=["copy", "nope"])
     ids_only = ConditionEncoder({"task": {"type": "categorical", "num": 4}}, 8)
-    with pytest.raises(TypeError, match=r"categorical with ids only: expected integer ids, got str 'sort'; .*values"):
+    with pytest.raises(TypeError, match=r"expected integer ids \(it has no named values\), got str 'sort'; .*values"):
         ids_only.check({"task": "sort"})
 
 

@@ -166,8 +166,9 @@ def _ids_of_names(name: str, spec: ConditionSpec, value: Any) -> Any:
         return value
     if spec.values is None:
         raise TypeError(
-            f"condition '{name}' is categorical with ids only: expected integer ids, got {_describe(value)}; to "
-            f"give values by name, declare them: {{'type': 'categorical', 'values': ['copy', 'reverse', ...]}}"
+            f"condition '{name}' is categorical: expected integer ids (it has no named values), got "
+            f"{_describe(value)}; to give values by name, declare them: "
+            "{'type': 'categorical', 'values': ['copy', 'reverse', ...]}"
         )
     index = {v: i for i, v in enumerate(spec.values)}
     ids = []

@@ -12,6 +12,7 @@ one call is written down in docs/architecture.md.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from .peft_export import write_peft_adapter
 from .planning import build_generator, full_mode_parameters, hypernetize_targets, modules_to_save, plan_targets
 from .release import PretrainedState, release_base, single_condition_values
 from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
-from .signature import accepted_keywords, batch_size_of, forward_signature, signed_class
+from .signature import accepted_keywords, batch_size_of, forward_signature, replaced_forward_keywords, signed_class
 from .text import resolve_text_encoders, text_condition_names
 
 # the conditions of the enclosing `conditioned(...)` blocks, per hyper model: the default of calls that give none
@@ -97,7 +98,7 @@ class HyperModel(nn.Module):
         for module in saved.values():
             module.requires_grad_(True)
         self._saved_modules = saved
-        self._base_keywords = accepted_keywords(model.forward)
+        self._base_keywords = accepted_keywords(model)
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
@@ -392,24 +393,37 @@ class HyperModel(nn.Module):
         if self._adapter_disabled():
             yield None
             return
-        unknown = [k for k in kwargs if self._base_keywords is not None and k not in self._base_keywords]
-        if unknown:
-            raise TypeError(
-                f"unexpected keyword argument(s) {unknown}: neither a condition of this hyper model "
-                f"({self.condition_encoder.describe()}) nor an argument of {type(self._base).__name__}.forward"
-            )
         if kwargs.get("fused_lm_head") and self._output_head_targeted():
             raise NotImplementedError(
                 "a fused LM head (TRL's trainers call the model with fused_lm_head=True) reads the output "
                 "embedding's weight directly, so it cannot use the weights this hyper model generates for it: "
                 "leave the LM head out of target_modules to train with TRL"
             )
+        self._refuse_unknown_keywords(kwargs)
         bind_checkpointing(self._checkpointable)  # recomputes re-enter this call's binding
         sink = None
         if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
             sink = GradientSink()  # see checkpointing.py: layers read leaf copies, flushed after backward
         with bind(self._bind(batch_size_of(args, kwargs), conditions, expand=1, sink=sink)):
             yield sink
+
+    def _refuse_unknown_keywords(self, kwargs: Mapping[str, Any]) -> None:
+        """A keyword that is neither a condition nor taken by the base model is a typo: refused, not ignored."""
+        accepted = self._base_keywords
+        if accepted is None:
+            return  # the base forward takes **kwargs whose keys cannot be known
+        replaced = self.__dict__.get("forward")
+        if replaced is not None:  # a library's forward runs (see replaced_forward.py): it takes its own keywords
+            accepted = accepted | replaced_forward_keywords(replaced)
+        unknown = [k for k in kwargs if k not in accepted]
+        if not unknown:
+            return
+        close = [m for k in unknown for m in difflib.get_close_matches(k, self.condition_names, n=1)]
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(
+            f"unexpected keyword argument(s) {unknown}: neither a condition of this hyper model "
+            f"({self.condition_encoder.describe()}) nor an argument of {type(self._base).__name__}.forward{hint}"
+        )
 
     def _output_head_targeted(self) -> bool:
         head = getattr(self._base, "get_output_embeddings", lambda: None)()

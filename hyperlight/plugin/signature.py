@@ -119,16 +119,77 @@ def signed_class(cls: type[nn.Module], base_cls: type[nn.Module], conditions: tu
     return derived_class(_signed_recipe, getattr(cls, "_hl_unsigned", cls), base_cls, conditions)
 
 
-def accepted_keywords(forward: Any) -> frozenset[str] | None:
-    """The keyword arguments `forward` accepts, or None when it takes `**kwargs` (typed or not): then it accepts
-    anything, as the base model itself does (Llama takes and ignores a tokenizer's `token_type_ids`)."""
+def accepted_keywords(model: nn.Module) -> frozenset[str] | None:
+    """The keyword arguments `model`'s forward really takes, or None when that cannot be known (a model outside
+    Transformers whose forward takes untyped `**kwargs`: anything may be meant for it).
+
+    Its named parameters; for `**kwargs`, the keys of its `Unpack[TypedDict]` annotation and, for Transformers
+    models (typed or not), the keys Transformers routes through every forward (`TransformersKwargs`), those its
+    decorators consume (`return_dict`, ...) and the tokenizer outputs a model takes and ignores
+    (`token_type_ids`)."""
+    names, var_keyword = _named_keywords(model.forward)
+    if var_keyword is None:
+        return frozenset(names)
+    typed = _typed_dict_keys(var_keyword.annotation)
+    from_transformers = any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
+    if not from_transformers:
+        return None if typed is None else frozenset(names | typed)
+    return frozenset(names | (typed or set()) | _transformers_keywords())
+
+
+def replaced_forward_keywords(forward: Any) -> frozenset[str]:
+    """The named parameters of every function in the chain of wrappers a library put on an instance as its
+    forward (TRL's fused LM head adds `fused_lm_head`, `shift_labels`, ...; Accelerate wraps that again). Read
+    from the code objects: `functools.wraps` copies the wrapped forward's `__signature__` onto each wrapper."""
     names: set[str] = set()
+    function, seen = forward, 0
+    while function is not None and seen < 16:  # a bounded walk: a wrapper chain could loop
+        function = getattr(function, "__func__", function)
+        code = getattr(function, "__code__", None)
+        if code is not None:
+            names.update(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+        function, seen = getattr(function, "__wrapped__", None), seen + 1
+    return frozenset(names)
+
+
+def _named_keywords(forward: Any) -> tuple[set[str], inspect.Parameter | None]:
+    names: set[str] = set()
+    var_keyword = None
     for param in inspect.signature(forward).parameters.values():
         if param.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if param.kind is not inspect.Parameter.VAR_POSITIONAL:
+            var_keyword = param
+        elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
             names.add(param.name)
-    return frozenset(names)
+    return names, var_keyword
+
+
+def _typed_dict_keys(annotation: Any) -> set[str] | None:
+    """The keys of `**kwargs: Unpack[SomeTypedDict]`, or None when the annotation names no TypedDict."""
+    if isinstance(annotation, str):
+        return None  # a postponed annotation: not evaluated here
+    origin = typing.get_origin(annotation)  # typing's or typing_extensions' Unpack, whichever the model used
+    args = typing.get_args(annotation) if getattr(origin, "_name", None) == "Unpack" else ()
+    return _keys_of(args[0]) if args else None
+
+
+def _keys_of(fields: Any) -> set[str] | None:
+    keys = getattr(fields, "__required_keys__", None)
+    if keys is None:
+        return None
+    return set(keys) | set(getattr(fields, "__optional_keys__", ()))
+
+
+@functools.cache
+def _transformers_keywords() -> set[str]:
+    """What any Transformers forward with `**kwargs` takes beyond its named parameters."""
+    # decorators' keywords, old names Transformers still renames (`past_key_values` -> `cache`), tokenizer outputs
+    keys = {"return_dict", "output_attentions", "output_hidden_states", "use_cache", "past_key_values", "cache_params"}
+    keys.add("token_type_ids")
+    try:
+        from transformers.utils.generic import TransformersKwargs
+    except ImportError:  # an older Transformers: the named parameters and the keys above
+        return keys
+    return keys | (_keys_of(TransformersKwargs) or set())
 
 
 def batch_size_of(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
