@@ -60,7 +60,8 @@ def _save(directory: Path, fill: float) -> None:
 
 
 def _temporaries(directory: Path) -> list[str]:
-    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+    """Everything in a checkpoint directory beside its two files: what a save left behind, whoever wrote it."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME))
 
 
 # -- one consistent unit -------------------------------------------------------------------------------
@@ -105,6 +106,44 @@ def test_a_save_killed_at_any_instant_leaves_the_old_or_the_new_checkpoint(tmp_p
     _save(directory, 100.0)  # a later save removes what the killed ones left behind
     assert _temporaries(directory) == []
     assert _stamp(directory) == 100.0
+
+
+_KILLED_INSIDE_THE_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    import safetensors.torch
+    from hf_models import CASES, hyper_config
+    from hyperlight import get_hyper_model
+
+    real = safetensors.torch.save_file
+
+    def killed_midway(tensors, filename, metadata=None):
+        # what safetensors does: write its own temporary beside the target, then rename it; killed in between
+        Path(filename).with_name(".tmpAbC123").write_bytes(b"half a weights file")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    hyper = get_hyper_model(CASES[0].build(), hyper_config(CASES[0]))
+    safetensors.torch.save_file = killed_midway
+    hyper.save_pretrained({directory!r})
+    """
+)
+
+
+def test_a_save_killed_inside_the_weights_writer_leaves_nothing_after_the_next_save(tmp_path):
+    """safetensors writes its own temporary file (`.tmpXXXXXX`) and renames it; a SIGKILL between the two used to
+    leave up to a whole weights file in the checkpoint directory, and no later save removed it."""
+    directory = tmp_path / "ckpt"
+    _save(directory, 1.0)
+    script = _KILLED_INSIDE_THE_WRITER.format(tests=str(Path(__file__).parent), directory=str(directory))
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert _stamp(directory) == 1.0  # the old checkpoint, whole
+    assert _temporaries(directory)  # the killed save left its working directory behind
+    _save(directory, 2.0)
+    assert _temporaries(directory) == []
+    assert _stamp(directory) == 2.0
 
 
 class _Crash(Exception):
@@ -422,12 +461,17 @@ def test_cleanup_of_temporaries_is_safe(tmp_path):
     _save(tmp_path, 1.0)
     odd = tmp_path / f".{WEIGHTS_NAME}.99999999999999999999.abc.tmp"  # no such process can exist
     odd.write_bytes(b"x")
-    folder = tmp_path / f".{WEIGHTS_NAME}.1.abc.tmp"  # a directory with a temporary's name is not ours to remove
-    folder.mkdir()
+    folder = tmp_path / f".{WEIGHTS_NAME}.99999999999999999999.def.tmp"  # a directory named as a temporary file:
+    folder.mkdir()  # not ours to remove
+    work = tmp_path / f".{WEIGHTS_NAME}.99999999999999999999.abc.tmpdir"  # a dead save's working directory
+    work.mkdir()
+    (work / ".tmpXyZ987").write_bytes(b"x")
+    alive = tmp_path / f".{WEIGHTS_NAME}.1.abc.tmpdir"  # a save in progress in a live process (pid 1)
+    alive.mkdir()
     mine = tmp_path / f".{CONFIG_NAME}.{os.getpid()}.abc.tmp"  # this process's: another thread may be writing it
     mine.write_bytes(b"x")
     _save(tmp_path, 2.0)
-    assert not odd.exists() and folder.is_dir() and mine.exists()
+    assert not odd.exists() and not work.exists() and folder.is_dir() and alive.is_dir() and mine.exists()
     assert _stamp(tmp_path) == 2.0
 
 

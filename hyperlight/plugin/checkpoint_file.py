@@ -5,8 +5,9 @@
   records the digest of the weights it belongs to and is renamed second. Killed between the two renames,
   the directory still loads as exactly the new checkpoint (the weights file's own config wins); killed
   before, as exactly the old one.
-- **Atomic writes.** Each file is written to a temporary name beside it, flushed to disk and renamed; the
-  temporary files of a killed save are removed by the next save. Files get the permissions an ordinary
+- **Atomic writes.** Each file is written in a private working directory beside it (any temporary its writer
+  makes lands there too), flushed to disk and renamed into place; what a killed save left is removed by the next
+  save. Files get the permissions an ordinary
   `open()` gives (0666 less the umask), as Transformers' files do.
 - **Verified, bounded reads.** The header (names, dtypes, shapes, metadata) is read and checked before any
   tensor is allocated; the digest and finiteness of every tensor are checked after. Every error names the
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import warnings
 from collections.abc import Callable, Mapping
@@ -37,7 +39,9 @@ DIGEST_KEY = "hyperlight_sha256"  # safetensors metadata: digest of the tensors;
 MAX_CONFIG_BYTES = 1 << 20  # a config larger than this is not one hyperlight wrote
 MAX_HEADER_BYTES = 16 << 20  # a safetensors header (names, shapes, metadata) larger than this neither
 
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+# a save's private working directory `.<file>.<pid>.<random>.tmpdir`, where the file is written (with any temporary
+# its writer makes itself, as safetensors does) before it is renamed into place; `.tmp` files are older saves'
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.tmp(?P<dir>dir)?$")
 
 
 class CheckpointError(ValueError):
@@ -104,7 +108,8 @@ def tensors_digest(tensors: Mapping[str, Tensor], config: str = "") -> str:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Remove the temporary files that killed saves left in `directory` (those of processes no longer alive)."""
+    """Remove what killed saves left in `directory` (their working directories, and the temporary files of older
+    versions), for processes no longer alive: a save in progress elsewhere keeps its own."""
     if not directory.is_dir():
         return
     for path in directory.iterdir():
@@ -112,12 +117,15 @@ def remove_stale_temporaries(directory: Path) -> None:
         if match is None or match["name"] not in (WEIGHTS_NAME, CONFIG_NAME):
             continue
         pid = int(match["pid"])
-        if pid == os.getpid() or _alive(pid) or not path.is_file():
-            continue  # a save in progress (another thread of this process, or another process), or not ours
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        if pid == os.getpid() or _alive(pid):
+            continue  # a save in progress (another thread of this process, or another process)
+        if match["dir"] and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif not match["dir"] and path.is_file():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _alive(pid: int) -> bool:
@@ -131,13 +139,17 @@ def _alive(pid: int) -> bool:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through `write(tmp_path)` to a temporary file beside `path`, flush it to disk, then rename it into
-    place, so an interrupted save leaves the previous file intact."""
+    """Write through `write(tmp_path)` in a private working directory beside `path`, flush it to disk, then
+    rename it into place, so an interrupted save leaves the previous file intact. Whatever the writer creates
+    (safetensors writes its own `.tmpXXXXXX` and renames it) stays inside that directory, which the next save
+    removes if this process was killed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    # created as open() creates files (0666 less the umask), unlike mkstemp's 0600
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    work = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmpdir"
+    os.mkdir(work)
+    tmp = str(work / path.name)
     try:
+        # created as open() creates files (0666 less the umask), unlike mkstemp's 0600
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0666 less the umask, read without touching the umask
         if path.exists():  # a file saved before keeps the permissions its owner gave it
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -147,9 +159,12 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(work, ignore_errors=True)
         raise
+    try:
+        os.rmdir(work)  # empty now, unless the writer left something of its own in it
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _sync_directory(directory: Path) -> None:
