@@ -23,11 +23,9 @@ the hyper model's parameters exactly as they were.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,44 +35,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..hypernetize import original_value
-from ..nn.hypernetized import linear_like
+from .adapter_files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from .adapter_files import Adapter as _Adapter
+from .adapter_files import read_adapter as _read_adapter
+from .errors import AdapterError, AdapterKeyError
+from .errors import short as _short
+from .targets import Target as _Target
+from .targets import hyper_targets as _targets
 
 if TYPE_CHECKING:
-    from ..plugin.model import HyperModel
+    from ...plugin.model import HyperModel
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MATCHES = ("delta", "outputs")
 DEFAULT_SAMPLES = 128  # random inputs per target when sample_inputs is None
-# PEFT's state-dict names for the factors of one module (the adapter name is removed when PEFT saves)
-_FACTOR_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<which>[AB])\.weight")
-# LoraConfig fields that change what an adapter computes beyond ΔW = s·B·A: such adapters are refused
-_UNSUPPORTED = {
-    "use_dora": "DoRA (a learned magnitude per output)",
-    "lora_bias": "a bias on lora_B",
-    "use_qalora": "QA-LoRA (pooled inputs)",
-    "alora_invocation_tokens": "activated LoRA (applied only after invocation tokens)",
-    "velora_config": "VeLoRA",
-    "monteclora_config": "MonteCLoRA",
-    "arrow_config": "Arrow routing",
-    "kasa_config": "KaSA",
-    "use_bdlora": "BD-LoRA",
-    "layer_replication": "layer replication",
-    "target_parameters": "LoRA on bare parameters (target_parameters)",
-    "trainable_token_indices": "trainable tokens",
-    "modules_to_save": "modules_to_save (whole modules trained with the adapter)",
-}
-
-
-class AdapterError(ValueError):
-    """An adapter directory cannot be distilled into this hyper model (missing or unreadable file, an unsupported
-    LoRA variant, targets or shapes that differ from the hyper model's); the message names the directory."""
-
-
-class AdapterKeyError(ValueError):
-    """The `adapters` argument does not say which condition each adapter belongs to in a form this hyper model
-    takes; the message shows what was given and what is expected."""
 
 
 @dataclass
@@ -147,13 +120,6 @@ class DistillReport:
         return self.table()
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, Tensor):
-        value = value.tolist() if value.numel() <= 4 else f"tensor{tuple(value.shape)}"
-    text = repr(value)
-    return text if len(text) <= 24 else text[:21] + "..."
-
-
 # -- which adapter belongs to which condition ------------------------------------------------------------------
 
 
@@ -209,188 +175,6 @@ def _pairs(hyper: HyperModel, adapters: Any) -> list[tuple[dict[str, Any], Path]
             )
         checked.append((conditions, Path(path)))
     return checked
-
-
-# -- reading adapters -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Target:
-    """A hyper target as distillation sees it: sizes, and how its generated tensors read as ΔW (out, in)."""
-
-    name: str
-    in_features: int
-    out_features: int
-    transposed: bool  # full mode: the weight is stored (in, out) (GPT-2's Conv1D)
-    scaling: float  # lora mode: the hyper model's alpha/rank
-    original: Tensor | None  # full mode: W0 as stored (the model's own tensor, not a copy)
-
-
-@dataclass
-class _Adapter:
-    conditions: dict[str, Any]
-    path: Path
-    factors: dict[str, tuple[Tensor, Tensor]]  # target -> (A (r, in), s·B (out, r)), float32, CPU
-    rank: int
-    parameters: int
-
-
-def _targets(hyper: HyperModel) -> list[_Target]:
-    config = hyper.hyper_config
-    targets = []
-    for name, module in hyper.targeted_modules.items():
-        shapes = hyper.target_shapes[name]
-        spec = linear_like(module)
-        if config.mode == "lora":
-            _, fan_in = shapes["lora_A"]
-            fan_out, _ = shapes["lora_B"]
-            scaling = float(module.__dict__.get("lora_scaling", config.scaling))
-            targets.append(_Target(name, fan_in, fan_out, False, scaling, None))
-            continue
-        if spec is None or set(shapes) != {"weight"}:
-            raise NotImplementedError(
-                f"distill_adapters in mode='full' generates the weight of linear targets only; target '{name}' "
-                f"({type(module).__name__}, externals {sorted(shapes)}) is not one. Use mode='lora', or "
-                "mode='full' with target_parameters=['weight'] on linear targets (q_proj, v_proj, ...)"
-            )
-        rows, cols = shapes["weight"]
-        fan_in, fan_out = (rows, cols) if spec.transposed else (cols, rows)
-        original = original_value(module, "weight").detach()
-        targets.append(_Target(name, fan_in, fan_out, bool(spec.transposed), 1.0, original))
-    return targets
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-    config_path = path / ADAPTER_CONFIG
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise AdapterError(f"{config_path} is not valid JSON ({err}); save the adapter again with PEFT") from None
-    if not isinstance(config, dict):
-        raise AdapterError(f"{config_path} holds a {type(config).__name__}, not a JSON object of LoraConfig fields")
-    peft_type = config.get("peft_type")
-    if peft_type != "LORA":
-        raise AdapterError(
-            f"{config_path}: peft_type is {peft_type!r}; only LoRA adapters (peft_type 'LORA') can be distilled"
-        )
-    for key, what in _UNSUPPORTED.items():
-        if config.get(key):
-            raise AdapterError(
-                f"{config_path}: {key}={_short(config[key])} ({what}) changes the model beyond ΔW = (alpha/r)·B·A, "
-                "which is all a hyper model in lora mode generates; distill plain LoRA adapters (without it)"
-            )
-    if config.get("bias", "none") != "none":
-        raise AdapterError(
-            f"{config_path}: bias={config['bias']!r} trains the base model's biases with the adapter; only "
-            "bias='none' can be distilled (the hyper model generates ΔW only)"
-        )
-    for key in ("r", "lora_alpha"):
-        value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
-            raise AdapterError(f"{config_path}: {key} must be a positive number, got {_short(value)}")
-    for key in ("rank_pattern", "alpha_pattern"):
-        if not isinstance(config.get(key) or {}, Mapping):
-            raise AdapterError(f"{config_path}: {key} must be an object {{pattern: value}}, got {config[key]!r}")
-    return config
-
-
-def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any, where: str) -> Any:
-    """PEFT's rank_pattern / alpha_pattern lookup (peft.utils.other.get_pattern_key): the first key that matches
-    the end of the module name wins."""
-    for key, value in patterns.items():
-        try:
-            found = re.match(rf"(.*\.)?({key})$", module)
-        except re.error as err:
-            raise AdapterError(f"{where}: the pattern {key!r} is not a valid regular expression ({err})") from None
-        if found:
-            return value
-    return default
-
-
-def _read_adapter(conditions: dict[str, Any], path: Path, targets: Mapping[str, _Target]) -> _Adapter:
-    if not path.is_dir():
-        raise AdapterError(
-            f"{path}: not a directory; expected a PEFT adapter directory ({ADAPTER_CONFIG} + {ADAPTER_WEIGHTS}), "
-            "as peft_model.save_pretrained(directory) writes"
-        )
-    missing = [name for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS) if not (path / name).is_file()]
-    if missing:
-        hint = (
-            " (only adapter_model.bin is there: it is a pickle, which is not loaded here; save the adapter with "
-            "safe_serialization=True)"
-            if (path / "adapter_model.bin").is_file()
-            else ""
-        )
-        raise AdapterError(
-            f"{path}: missing {missing}{hint}; a PEFT adapter directory holds {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
-        )
-    config = _read_config(path)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path / ADAPTER_WEIGHTS), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise AdapterError(f"{path / ADAPTER_WEIGHTS} cannot be read as safetensors ({err})") from None
-    parts: dict[str, dict[str, Tensor]] = {}
-    others = []
-    for key, tensor in tensors.items():
-        found = _FACTOR_KEY.fullmatch(key)
-        if found is None:
-            others.append(key)
-        else:
-            parts.setdefault(found["module"], {})[found["which"]] = tensor
-    if others:
-        raise AdapterError(
-            f"{path / ADAPTER_WEIGHTS} holds tensors other than LoRA factors of linear layers, e.g. {others[:3]}; "
-            "expected only 'base_model.model.<module>.lora_A.weight' and '...lora_B.weight' (a plain LoRA adapter)"
-        )
-    if not parts:
-        raise AdapterError(
-            f"{path / ADAPTER_WEIGHTS} holds no LoRA factors ('base_model.model.<module>.lora_A.weight')"
-        )
-    foreign = sorted(set(parts) - set(targets))
-    if foreign:
-        raise AdapterError(
-            f"{path}: the adapter changes {foreign[:4]}{' ...' if len(foreign) > 4 else ''}, which the hyper model "
-            f"does not target (its targets are e.g. {list(targets)[:4]}); build the hyper model with target_modules "
-            "covering every module of every adapter (or distill adapters trained on the same targets)"
-        )
-    factors = {}
-    rank = parameters = 0
-    for module, pair in parts.items():
-        if set(pair) != {"A", "B"}:
-            lacking = "lora_B" if "A" in pair else "lora_A"
-            raise AdapterError(f"{path / ADAPTER_WEIGHTS}: module '{module}' has no {lacking}.weight")
-        a, b, target = pair["A"], pair["B"], targets[module]
-        r = a.shape[0] if a.dim() == 2 else -1
-        expected = ((r, target.in_features), (target.out_features, r))
-        if a.dim() != 2 or b.dim() != 2 or (tuple(a.shape), tuple(b.shape)) != expected:
-            raise AdapterError(
-                f"{path}: module '{module}' has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; the hyper "
-                f"model's target has in_features={target.in_features}, out_features={target.out_features}, so "
-                f"expected lora_A (r, {target.in_features}) and lora_B ({target.out_features}, r) with one r: was "
-                "the adapter trained on another base model?"
-            )
-        where = f"{path / ADAPTER_CONFIG} (rank_pattern)"
-        declared = _pattern_value(config.get("rank_pattern") or {}, module, config["r"], where)
-        if declared != r:
-            raise AdapterError(
-                f"{path}: module '{module}' has factors of rank {r}, but {ADAPTER_CONFIG} gives it r={declared} "
-                "(r / rank_pattern); the config does not belong to these weights"
-            )
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise AdapterError(f"{path / ADAPTER_WEIGHTS}: module '{module}' has non-finite values in its factors")
-        where = f"{path / ADAPTER_CONFIG} (alpha_pattern)"
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"], where)
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
-            raise AdapterError(f"{where}: module '{module}' gets lora_alpha {alpha!r}; expected a positive number")
-        scaling = float(alpha) / (math.sqrt(r) if config.get("use_rslora") else r)  # what PEFT multiplies B·A by
-        factors[module] = (a.float(), b.float() * scaling)
-        rank = max(rank, r)
-        parameters += a.numel() + b.numel()
-    return _Adapter(conditions, path, factors, rank, parameters)
 
 
 # -- generating a batch of conditions -------------------------------------------------------------------------
@@ -734,7 +518,7 @@ def distill_adapters(
     Returns:
         a `DistillReport`: per adapter the relative ΔW and output errors, the parameter counts and the loss history.
     """
-    from ..plugin.model import HyperModel
+    from ...plugin.model import HyperModel
 
     if not isinstance(hyper, HyperModel):
         raise TypeError(
