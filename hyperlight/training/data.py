@@ -68,7 +68,7 @@ class HyperDataCollator:
             values[name] = [f.pop(name) for f in features]
         batch = dict(self._inner(features))
         for name, column in values.items():
-            stacked = _stack(column)
+            stacked = stack_column(column)
             if self.repeat > 1:
                 stacked = (
                     stacked * self.repeat
@@ -79,7 +79,8 @@ class HyperDataCollator:
         return batch
 
 
-def _stack(column: list[Any]) -> torch.Tensor | list[str]:
+def stack_column(column: list[Any]) -> torch.Tensor | list[str]:
+    """One condition column of a batch: strings stay a list (text, or named values), numbers become a tensor."""
     if all(isinstance(v, str) for v in column):
         return list(column)  # a text condition: its strings, embedded by the model's sentence encoder
     if all(isinstance(v, torch.Tensor) for v in column):
