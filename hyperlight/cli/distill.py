@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from ..plugin.config import HyperConfig
 
 NAME = "distill"
-MAX_ADAPTER_CONFIG_BYTES = 1 << 20
 # a --target-modules word that names a preset of hyperlight, not a module called so
 _PRESETS = ("attention", "mlp", "attention+mlp")
 
@@ -101,13 +100,8 @@ def run(args: argparse.Namespace) -> None:
     config = distill_config(args, adapters)
     check_base(args.base)
     out = check_out(args.out, overwrite=args.overwrite, others={"base": args.base})
-    try:
-        from ..training.distill import distill_adapters
-    except ModuleNotFoundError as error:
-        if error.name != "hyperlight.integrations.distill":
-            raise
-        raise RuntimeError("this installation of hyperlight has no hyperlight.integrations.distill") from None
     from ..plugin.model import get_hyper_model
+    from ..training.distill import distill_adapters
 
     base = load_base(args, {"base_model_class": None})
     hyper = get_hyper_model(base, config)
@@ -224,15 +218,11 @@ def _target_modules(args: argparse.Namespace, peft: Sequence[Mapping[str, Any]])
 
 
 def _adapter_config(directory: Path) -> dict[str, Any]:
-    path = directory / "adapter_config.json"
-    if not path.is_file():
-        raise ValueError(f"--adapters: {directory} holds no adapter_config.json; give PEFT adapter directories")
-    if path.stat().st_size > MAX_ADAPTER_CONFIG_BYTES:
-        raise ValueError(f"{path} is larger than 1 MiB; it is not a PEFT adapter config")
+    """The adapter's LoRA config, read by distillation's own reader; its errors name the option they came from."""
+    from ..training.distill import AdapterError
+    from ..training.distill.adapter_files import read_adapter_config
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as error:
-        raise ValueError(f"{path} is not valid JSON ({str(error)[:200]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object (a PEFT LoraConfig), got {type(data).__name__}")
-    return data
+        return read_adapter_config(directory)
+    except AdapterError as error:
+        raise AdapterError(f"--adapters: {error}") from None
