@@ -485,12 +485,12 @@ def test_a_resave_keeps_the_permissions_the_owner_gave(tmp_path):
 
 
 def test_a_generator_that_cannot_be_built_leaves_the_model_as_it_was(monkeypatch):
-    from hyperlight.plugin import model as model_module
+    from hyperlight.plugin import planning
 
     def out_of_memory(*args, **kwargs):
         raise MemoryError("injected: the generator does not fit")
 
-    monkeypatch.setattr(model_module, "build_generator", out_of_memory)
+    monkeypatch.setattr(planning, "build_generator", out_of_memory)
     base = _base()
     classes = {n: type(m) for n, m in base.named_modules()}
     grads = {n: p.requires_grad for n, p in base.named_parameters()}

@@ -29,14 +29,12 @@ from ..hypernetize import original_value
 from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
 from ..nn.module import HyperModule
-from . import save_and_load
+from . import planning, save_and_load, signature
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
-from .peft_export import write_peft_adapter
-from .planning import build_generator, full_mode_parameters, hypernetize_targets, modules_to_save, plan_targets
+from .peft_export import enumerated_values, write_peft_adapter
 from .release import PretrainedState, release_base, single_condition_values
 from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
-from .signature import accepted_keywords, batch_size_of, forward_signature, replaced_forward_keywords, signed_class
 from .text import resolve_text_encoders, text_condition_names
 
 # the conditions of the enclosing `conditioned(...)` blocks, per hyper model: the default of calls that give none
@@ -77,35 +75,35 @@ class HyperModel(nn.Module):
         self.hyper_config = config
         # every check runs before the model changes, so a bad config leaves it untouched
         names = config.matched_modules(model)
-        saved = modules_to_save(model, config.modules_to_save or [], names)
-        forward_signature(type(model), tuple(config.conditions))  # condition names must not shadow arguments
-        chosen = full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
+        saved = planning.modules_to_save(model, config.modules_to_save or [], names)
+        signature.forward_signature(type(model), tuple(config.conditions))  # condition names must not shadow arguments
+        chosen = planning.full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
 
         # unload() gives back the base as it was: what it was, before anything changes
         self._pretrained = PretrainedState.record(model, saved)
         # the generator (the allocation that can fail) is built from the unchanged model, before it changes
         modules = dict(model.named_modules())
         pretrained = {f"{n}.{p}": modules[n]._parameters[p].detach() for n, ps in chosen.items() for p in ps}
-        targets = plan_targets(model, config, names, chosen, values=pretrained if chosen else None)
+        targets = planning.plan_targets(model, config, names, chosen, values=pretrained if chosen else None)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.condition_encoder, self.generator = build_generator(config, targets, device, text_encoders)
+        self.condition_encoder, self.generator = planning.build_generator(config, targets, device, text_encoders)
 
         model.requires_grad_(False)  # the base is frozen: only the generator (and what the config names) trains
-        hypernetize_targets(model, config, names, chosen)  # checks every target before changing any
+        planning.hypernetize_targets(model, config, names, chosen)  # checks every target before changing any
         self._base = model
         self._released = False
         self._checkpointable = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
         for module in saved.values():
             module.requires_grad_(True)
         self._saved_modules = saved
-        self._base_keywords = accepted_keywords(model)
+        self._base_keywords = signature.accepted_keywords(model)
         modules = dict(model.named_modules())
         self._target_modules = {t.name: modules[t.name] for t in targets}
         self._target_shapes = {t.name: {k: list(v) for k, v in t.shapes.items()} for t in targets}
         self._external_names = {t.name: frozenset(t.shapes) for t in targets}
         # full mode: generated tensors take the dtype of the pretrained values (which follow .to())
         self._full_mode = config.mode == "full"
-        self.__class__ = signed_class(type(self), type(model), tuple(self.condition_names))
+        self.__class__ = signature.signed_class(type(self), type(model), tuple(self.condition_names))
         self.register_forward_pre_hook(bind_replaced_forward, with_kwargs=True)
         self.register_forward_hook(unbind_replaced_forward, always_call=True)
 
@@ -215,6 +213,22 @@ class HyperModel(nn.Module):
         """
         self.require_loaded()
         return write_peft_adapter(self, Path(save_directory), single_condition_values(self, conditions))
+
+    def export_peft_adapters(
+        self, save_directory: str | Path, *, condition: str | None = None, **conditions: Any
+    ) -> dict[str, dict[str, float]]:
+        """One standard PEFT LoRA adapter per value of a categorical condition, for multi-LoRA servers (vLLM, TGI,
+        LoRAX): `save_directory/<value>` for each (its name where the condition has named values, else its id).
+        `condition` picks the condition when there are several; the others are fixed by keyword. Returns
+        `{value: {module: relative error}}`."""
+        self.require_loaded()
+        name, values = enumerated_values(self.condition_encoder.specs, condition, conditions)
+        self.condition_encoder.check({**conditions, name: 0}, 1)  # the fixed conditions, before anything is written
+        directory = Path(save_directory)
+        return {
+            label: self.export_peft_adapter(directory / label, **conditions, **{name: value})
+            for label, value in values.items()
+        }
 
     def _release(self, values: Mapping[str, Tensor] | None, *, keep_trained: bool) -> nn.Module:
         self._released = True
@@ -404,7 +418,7 @@ class HyperModel(nn.Module):
         sink = None
         if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
             sink = GradientSink()  # see checkpointing.py: layers read leaf copies, flushed after backward
-        with bind(self._bind(batch_size_of(args, kwargs), conditions, expand=1, sink=sink)):
+        with bind(self._bind(signature.batch_size_of(args, kwargs), conditions, expand=1, sink=sink)):
             yield sink
 
     def _refuse_unknown_keywords(self, kwargs: Mapping[str, Any]) -> None:
@@ -414,7 +428,7 @@ class HyperModel(nn.Module):
             return  # the base forward takes **kwargs whose keys cannot be known
         replaced = self.__dict__.get("forward")
         if replaced is not None:  # a library's forward runs (see replaced_forward.py): it takes its own keywords
-            accepted = accepted | replaced_forward_keywords(replaced)
+            accepted = accepted | signature.replaced_forward_keywords(replaced)
         unknown = [k for k in kwargs if k not in accepted]
         if not unknown:
             return
@@ -437,40 +451,15 @@ class HyperModel(nn.Module):
         conditions = self._pop_conditions(kwargs)
         if self._adapter_disabled():
             return self._base.generate(*args, **kwargs)
-        with bind(self._bind(batch_size_of(args, kwargs), conditions, expand=self._generation_expansion(kwargs))):
+        expand = signature.generation_expansion(self._base, kwargs)  # beams reuse their row's weights
+        with bind(self._bind(signature.batch_size_of(args, kwargs), conditions, expand=expand)):
             return self._base.generate(*args, **kwargs)
-
-    def _generation_expansion(self, kwargs: Mapping[str, Any]) -> int:
-        """How many rows `generate` makes of each example: max(num_beams, num_return_sequences), as Transformers
-        expands its inputs (a layout it changes is then refused loudly, never computed with the wrong rows).
-
-        A keyword wins; otherwise Transformers merges a given `generation_config` over the model's own, so the
-        larger of the two counts."""
-        configs = [kwargs.get("generation_config"), getattr(self._base, "generation_config", None)]
-
-        def setting(name: str) -> int:
-            if kwargs.get(name) is not None:
-                return int(kwargs[name])
-            return max([int(getattr(c, name, None) or 1) for c in configs if c is not None] or [1])
-
-        return max(setting("num_beams"), setting("num_return_sequences"))
 
     # -- parameters ----------------------------------------------------------------------------------
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        """(trainable parameters, all parameters), counted as PEFT counts them: each shared tensor once, DeepSpeed
-        ZeRO-3's partitioned parameters by `ds_numel`, bitsandbytes 4-bit parameters by what they pack."""
-        trainable = total = 0
-        for param in self.parameters():
-            count = param.numel()
-            if count == 0 and hasattr(param, "ds_numel"):
-                count = param.ds_numel
-            if type(param).__name__ == "Params4bit":
-                size = param.element_size() if hasattr(param, "element_size") else 1
-                count *= 2 * getattr(getattr(param, "quant_storage", None), "itemsize", size)
-            total += count
-            trainable += count if param.requires_grad else 0
-        return trainable, total
+        """(trainable parameters, all parameters), counted as PEFT counts them (see `count_parameters`)."""
+        return planning.count_parameters(self)
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()

@@ -3,12 +3,15 @@ adapter_model.safetensors), loadable with `peft.PeftModel.from_pretrained(base, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..hypernet.conditions import ConditionSpec
 from ..hypernetize import original_value
 from ..nn.hypernetized import linear_like
 from .checkpoint_file import save_tensors
@@ -88,3 +91,35 @@ def write_peft_adapter(hyper: nn.Module, directory: Path, values: Mapping[str, T
     save_tensors(directory / "adapter_model.safetensors", tensors)
     lora_config.save_pretrained(str(directory))
     return errors
+
+
+# a value's name becomes a directory name (and a served adapter's name): one path component, nothing hidden
+_DIRECTORY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
+
+
+def enumerated_values(
+    specs: Mapping[str, ConditionSpec], condition: str | None, fixed: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """(the categorical condition whose every value gets an adapter, {directory name: value})."""
+    categorical = [n for n, s in specs.items() if s.type == "categorical" and n not in fixed]
+    if condition is None:
+        if len(categorical) != 1:
+            raise ValueError(
+                f"export_peft_adapters writes one adapter per value of one categorical condition; this model has "
+                f"{categorical or 'none'} left to enumerate. Name it with condition=..., and fix the others by keyword"
+            )
+        condition = categorical[0]
+    spec = specs.get(condition)
+    if spec is None or spec.type != "categorical":
+        kind = "no condition" if spec is None else f"a {spec.type} condition"
+        raise ValueError(f"condition={condition!r} is {kind}; give one of the categorical conditions {categorical}")
+    if condition in fixed:
+        raise ValueError(f"condition {condition!r} is both enumerated and fixed to {fixed[condition]!r}; give it once")
+    labels = list(spec.values) if spec.values is not None else [str(i) for i in range(spec.num)]
+    bad = [label for label in labels if not _DIRECTORY_NAME.match(label)]
+    if bad:
+        raise ValueError(
+            f"the values {bad[:4]} of condition {condition!r} cannot name adapter directories (letters, digits and "
+            "'_.+=-', not starting with '.' or '-'); rename them in the config's values"
+        )
+    return condition, dict(zip(labels, spec.values if spec.values is not None else range(spec.num)))

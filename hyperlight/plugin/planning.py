@@ -158,3 +158,19 @@ def hypernetize_targets(
     else:
         params = [modules[n]._parameters[p] for n, ps in chosen.items() for p in ps]
         hypernetize(model, parameters=params, convert_root=False, unset="original")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable parameters, all parameters), counted as PEFT counts them: each shared tensor once, DeepSpeed
+    ZeRO-3's partitioned parameters by `ds_numel`, bitsandbytes 4-bit parameters by what they pack."""
+    trainable = total = 0
+    for param in model.parameters():
+        count = param.numel()
+        if count == 0 and hasattr(param, "ds_numel"):
+            count = param.ds_numel
+        if type(param).__name__ == "Params4bit":
+            size = param.element_size() if hasattr(param, "element_size") else 1
+            count *= 2 * getattr(getattr(param, "quant_storage", None), "itemsize", size)
+        total += count
+        trainable += count if param.requires_grad else 0
+    return trainable, total

@@ -202,3 +202,19 @@ def batch_size_of(args: tuple, kwargs: Mapping[str, Any]) -> int | None:
         if isinstance(value, Tensor) and value.dim() > 0:
             return value.shape[0]
     return None
+
+
+def generation_expansion(base: nn.Module, kwargs: Mapping[str, Any]) -> int:
+    """How many rows `generate` makes of each example: max(num_beams, num_return_sequences), as Transformers
+    expands its inputs (a layout it changes is then refused loudly, never computed with the wrong rows).
+
+    A keyword wins; otherwise Transformers merges a given `generation_config` over the model's own, so the
+    larger of the two counts."""
+    configs = [kwargs.get("generation_config"), getattr(base, "generation_config", None)]
+
+    def setting(name: str) -> int:
+        if kwargs.get(name) is not None:
+            return int(kwargs[name])
+        return max([int(getattr(c, name, None) or 1) for c in configs if c is not None] or [1])
+
+    return max(setting("num_beams"), setting("num_return_sequences"))
