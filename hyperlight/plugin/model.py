@@ -33,7 +33,7 @@ from . import planning, save_and_load, signature
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
 from .peft_export import enumerated_values, write_peft_adapter
-from .release import PretrainedState, release_base, single_condition_values
+from .release import PretrainedState, refuse_quantized_merge, release_base, single_condition_values
 from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
 from .text import resolve_text_encoders, text_condition_names
 
@@ -196,6 +196,7 @@ class HyperModel(nn.Module):
         """A plain base model (no hyperlight class left) with the weights of one condition baked in (and the
         trained `modules_to_save`). This hyper model is unusable afterwards."""
         self.require_loaded()
+        refuse_quantized_merge(self._target_modules)
         return self._release(single_condition_values(self, conditions), keep_trained=True)
 
     def unload(self) -> nn.Module:

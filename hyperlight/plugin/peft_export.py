@@ -83,7 +83,9 @@ def write_peft_adapter(hyper: nn.Module, directory: Path, values: Mapping[str, T
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, (lora_a, lora_b) in factors.items():
-        dtype = hyper.targeted_modules[name].weight.dtype
+        weight = hyper.targeted_modules[name].weight
+        # the base's dtype; a quantized weight's (uint8, int8) cannot hold factors: PEFT keeps them in float
+        dtype = weight.dtype if weight.is_floating_point() else lora_a.dtype
         tensors[f"base_model.model.{name}.lora_A.weight"] = lora_a.to(dtype)
         tensors[f"base_model.model.{name}.lora_B.weight"] = lora_b.to(dtype)
     for name, module in hyper.saved_modules.items():  # PEFT stores trained whole modules under their own names

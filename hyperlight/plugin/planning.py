@@ -32,6 +32,13 @@ def full_mode_parameters(model: nn.Module, names: list[str], wanted: list[str] |
             f"target_parameters={wanted} matched no parameter of the selected modules "
             f"{names[:5]}; their parameters are e.g. {list(modules[names[0]]._parameters)}"
         )
+    quantized = [f"{n}.{p}" for n, ps in chosen.items() for p in ps if is_quantized(modules[n]._parameters[p])]
+    if quantized:
+        raise ValueError(
+            f"mode='full' generates whole tensors, and {quantized[:4]} are quantized (bitsandbytes 4-/8-bit), which "
+            "cannot take them; use mode='lora' (low-rank factors beside the quantized weights, as QLoRA), or load "
+            "the base without quantization_config"
+        )
     owners = parameter_holders(model)  # a tied parameter would be generated once per module: untied
     for n, ps in chosen.items():
         for p in ps:
@@ -174,3 +181,10 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += count
         trainable += count if param.requires_grad else 0
     return trainable, total
+
+
+def is_quantized(weight: object) -> bool:
+    """A bitsandbytes 4-/8-bit weight (or any integer-typed one): it holds codes, not values."""
+    if type(weight).__name__ in ("Params4bit", "Int8Params"):
+        return True
+    return isinstance(weight, Tensor) and not (weight.is_floating_point() or weight.is_complex())

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..restore import unhypernetize
+from .planning import is_quantized
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,15 @@ def release_base(
     for name, param in base.named_parameters():
         param.requires_grad_(pretrained.requires_grad.get(name, True))
     return base
+
+
+def refuse_quantized_merge(targets: Mapping[str, nn.Module]) -> None:
+    """A quantized weight holds codes: adding a generated update to it would compute garbage, so merging is refused
+    (PEFT's users merge a QLoRA adapter into the base loaded in bf16 or fp32, as here)."""
+    quantized = [name for name, module in targets.items() if is_quantized(getattr(module, "weight", None))]
+    if quantized:
+        raise NotImplementedError(
+            f"merge_and_unload cannot bake generated weights into the quantized (bitsandbytes 4-/8-bit) targets "
+            f"{quantized[:4]}: load the base without quantization_config (bf16 or fp32), rebuild the hyper model on "
+            "it with HyperModel.from_pretrained(base, checkpoint), and merge there; or use export_peft_adapter(...)"
+        )
