@@ -272,3 +272,66 @@ def test_text_condition_inspect_and_merge(saved, capsys):
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=saved["ids"]).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory, saved):
+    """A checkpoint whose task condition has named values, on the same base."""
+    root = tmp_path_factory.mktemp("named")
+    config = hyper_config(CASE)
+    config.conditions = {"task": {"type": "categorical", "values": ["copy", "reverse", "sort", "upper"]}}
+    hyper = get_hyper_model(CASE.build(), config)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in hyper.generator.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    hyper.save_pretrained(root / "hyper")
+    with torch.no_grad():
+        logits = {t: hyper(input_ids=saved["ids"], task=t).logits for t in ["copy", "reverse", "sort", "upper"]}
+    return {"root": root, "hyper": root / "hyper", "logits": logits}
+
+
+def test_named_values_are_listed_by_inspect_and_taken_by_name(saved, named, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    code, text, _ = _run(["inspect", named["hyper"]], capsys)
+    assert code == 0 and "task: categorical (num=4; 0=copy, 1=reverse, 2=sort, 3=upper)" in text
+    out = named["root"] / "sort"
+    args = ["export-adapter", named["hyper"], "--base", saved["base"], "--condition", "task=sort", "--out", out]
+    code, text, err = _run(args, capsys)
+    assert code == 0, err
+    assert "wrote a PEFT LoRA adapter for task='sort'" in text
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved["base"]), out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            adapter(input_ids=saved["ids"]).logits, named["logits"]["sort"], atol=1e-5, rtol=1e-5
+        )
+    typo = ["export-adapter", named["hyper"], "--base", saved["base"], "--condition", "task=sotr", "--out", out / "x"]
+    code, _, err = _run(typo, capsys)
+    assert code == 2 and "has no value 'sotr'; its values are ['copy', 'reverse', 'sort', 'upper']" in err
+    assert "did you mean 'sort'?" in err
+
+
+def test_export_adapter_all_writes_one_adapter_per_value(saved, named, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = named["root"] / "served"
+    code, text, err = _run(["export-adapter", named["hyper"], "--base", saved["base"], "--all", "--out", out], capsys)
+    assert code == 0, err
+    assert "wrote 4 PEFT LoRA adapters, one per value of task, to" in text
+    assert sorted(p.name for p in out.iterdir()) == ["copy", "reverse", "sort", "upper"]
+    for task, expected in named["logits"].items():
+        adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved["base"]), out / task).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(adapter(input_ids=saved["ids"]).logits, expected, atol=1e-5, rtol=1e-5)
+    ids_out = saved["root"] / "served-ids"  # a condition without names: one directory per id
+    code, _, err = _run(
+        ["export-adapter", saved["hyper"], "--base", saved["base"], "--all", "task", "--out", ids_out], capsys
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in ids_out.iterdir()) == ["0", "1", "2", "3"]
+    both = ["export-adapter", named["hyper"], "--base", saved["base"], "--all", "--condition", "task=sort"]
+    code, _, err = _run([*both, "--out", named["root"] / "never"], capsys)
+    assert code == 2 and err.startswith("hyperlight: error: ") and not (named["root"] / "never").exists()

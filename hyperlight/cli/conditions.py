@@ -4,6 +4,7 @@ condition takes (for messages), and `--encoder` for text conditions whose senten
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import re
@@ -14,16 +15,16 @@ from typing import Any
 from .errors import UsageError
 
 
-def add_condition_argument(parser: argparse.ArgumentParser) -> None:
+def add_condition_argument(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     """`--condition NAME=VALUE`, repeated: the values of the condition to export or merge."""
     parser.add_argument(
         "--condition",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        required=True,
-        help="one condition's value, repeated for several: categorical an int id, scalar a number, vector a JSON "
-        "list, text a string (`hyperlight inspect` lists them)",
+        required=required,
+        help="one condition's value, repeated for several: categorical a value's name or its int id, scalar a "
+        "number, vector a JSON list, text a string (`hyperlight inspect` lists them)",
     )
 
 
@@ -34,6 +35,10 @@ def _float32(value: float) -> float:
 def describe_condition(name: str, spec: Mapping[str, Any]) -> str:
     """`task (categorical: an id in 0..7)`: what a condition takes on the command line."""
     kind = spec.get("type")
+    if kind == "categorical" and spec.get("values"):
+        names = list(spec["values"])
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        return f"{name} (categorical: one of {shown}, or an id in 0..{spec['num'] - 1})"
     if kind == "categorical":
         return f"{name} (categorical: an id in 0..{spec['num'] - 1})"
     if kind == "scalar":
@@ -60,8 +65,18 @@ def parse_condition_value(name: str, spec: Mapping[str, Any], text: str) -> Any:
     raise ValueError(f"condition '{name}' has type {kind!r}, which this command line cannot parse; upgrade hyperlight")
 
 
-def _categorical(name: str, spec: Mapping[str, Any], text: str) -> int:
+def _categorical(name: str, spec: Mapping[str, Any], text: str) -> int | str:
+    names = list(spec.get("values") or [])
+    if text in names:
+        return text  # a named value: the model takes the name
     if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
+        if names:
+            close = difflib.get_close_matches(text, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"condition '{name}' has no value {text!r}; its values are {names[:20]} (or ids 0..{len(names) - 1})"
+                f"{hint}"
+            )
         raise ValueError(f"condition '{name}' is categorical: expected an integer id, got {text!r}")
     value = int(text)
     if not 0 <= value < spec["num"]:
@@ -97,8 +112,11 @@ def _vector(name: str, spec: Mapping[str, Any], text: str) -> list[float]:
     return [float(v) for v in value]
 
 
-def parse_conditions(pairs: Sequence[str], specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """`{name: value}` from `--condition NAME=VALUE` arguments: every condition of `specs` exactly once."""
+def parse_conditions(
+    pairs: Sequence[str], specs: Mapping[str, Mapping[str, Any]], *, enumerated: str | None = None
+) -> dict[str, Any]:
+    """`{name: value}` from `--condition NAME=VALUE` arguments: every condition of `specs` exactly once, but the
+    `enumerated` one (every value of it is written: `export-adapter --all`), which must not be given."""
     takes = ", ".join(describe_condition(n, s) for n, s in specs.items())
     values: dict[str, Any] = {}
     for pair in pairs:
@@ -110,8 +128,10 @@ def parse_conditions(pairs: Sequence[str], specs: Mapping[str, Mapping[str, Any]
             raise ValueError(f"unknown condition {name!r}: this checkpoint takes {takes}")
         if name in values:
             raise ValueError(f"condition {name!r} is given twice; give each condition once")
+        if name == enumerated:
+            raise ValueError(f"condition {name!r} is given with --condition and enumerated by --all; give it once")
         values[name] = parse_condition_value(name, specs[name], text)
-    missing = [n for n in specs if n not in values]
+    missing = [n for n in specs if n not in values and n != enumerated]
     if missing:
         raise ValueError(
             f"missing condition(s) {missing}: this checkpoint takes {takes}; add --condition {missing[0]}=VALUE"

@@ -87,7 +87,9 @@ def _inspect_text(r: dict[str, Any]) -> str:
     lines.append(f"base: {r['base']['class']} (model_type {r['base']['model_type']})")
     lines.append("conditions:")
     for name, spec in c["conditions"].items():
-        detail = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "type")
+        detail = ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("type", "values"))
+        if spec.get("values"):  # which id is which value
+            detail += "; " + ", ".join(f"{i}={v}" for i, v in enumerate(spec["values"]))
         lines.append(f"  {name}: {spec['type']}{f' ({detail})' if detail else ''}")
     lines += _config_lines(c)
     lines.append(f"targets ({len(r['targets'])}):")

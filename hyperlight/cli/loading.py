@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +35,11 @@ def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="device to load BASE on (default: cpu)")
 
 
-def add_hyper_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+def add_hyper_arguments(parser: argparse.ArgumentParser, what: str, *, condition_required: bool = True) -> None:
     """The arguments of a command that loads a hyper model on its base and writes one condition (`what`)."""
     parser.description = f"Load BASE and the hyper model CHECKPOINT on it, then {what}."
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a save_pretrained directory of a hyper model")
-    add_condition_argument(parser)
+    add_condition_argument(parser, required=condition_required)
     add_loading_arguments(parser)
     parser.add_argument(
         "--encoder",
@@ -151,13 +151,17 @@ def load_base(args: argparse.Namespace, provenance: Mapping[str, Any]) -> Any:
     return cls.from_pretrained(args.base, config=config, **{keyword: dtype}).to(args.device).eval()
 
 
-def load_hyper(args: argparse.Namespace) -> tuple[HyperModel, dict[str, Any], Path]:
+def load_hyper(
+    args: argparse.Namespace, *, enumerated: Callable[[HyperConfig], str] | None = None
+) -> tuple[HyperModel, dict[str, Any], Path]:
     """Check every argument before loading anything (a mistake costs no model load), then load the base and the
-    hyper model on it: (hyper model, condition values, output directory)."""
+    hyper model on it: (hyper model, condition values, output directory). `enumerated(config)` names a condition
+    the command writes every value of (`export-adapter --all`): it is not given with --condition."""
     from ..plugin.model import HyperModel
 
     config, provenance, _, _ = read_hyper_checkpoint(args.checkpoint)
-    conditions = parse_conditions(args.condition, config.conditions)
+    every = enumerated(config) if enumerated is not None else None
+    conditions = parse_conditions(args.condition, config.conditions, enumerated=every)
     check_base(args.base)
     out = check_out(args.out, overwrite=args.overwrite, others={"checkpoint": args.checkpoint, "base": args.base})
     encoder = parse_encoders(args.encoder, config.conditions)
