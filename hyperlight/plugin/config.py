@@ -126,7 +126,9 @@ class HyperConfig:
             included). A scalar range is inclusive at both ends (for values rounded to float32).
         mode: `"lora"` (predicted low-rank factors on frozen weights; linear-like targets) or `"full"`
             (predicted full tensors θ0 + Δθ for any parameter of the targets, e.g. LayerNorm scales).
-        rank, alpha, dropout: the low-rank update `alpha/rank · B A` and dropout on its input (lora mode).
+        rank: the rank r of the low-rank update `alpha/rank · B A` (lora mode).
+        alpha: the update's scale numerator (the update is `alpha/rank · B A`).
+        dropout: dropout on the low-rank branch's input (lora mode).
         target_parameters: full mode: which parameters of each target (default: all of its own).
         exclude_modules: names to leave out (same forms as target_modules).
         layers_to_transform: only modules in these layer indices (`model.layers.<i>....`).
@@ -137,8 +139,10 @@ class HyperConfig:
             parameters, so it shrinks about as many times as types share, with less capacity (one span of
             generated weights for those types instead of one each).
         condition_dim: embedding size of each condition.
-        hidden_size, num_layers: width and depth of the generator's trunk.
-        layer_embedding_dim, type_embedding_dim: sizes of the layer-index and module-type embeddings.
+        hidden_size: width of the generator's trunk.
+        num_layers: depth of the generator's trunk.
+        layer_embedding_dim: size of the layer-index embedding.
+        type_embedding_dim: size of the module-type embedding.
         hypernet_dropout: dropout inside the generator's trunk.
         modules_to_save: base modules that train fully and are saved with the hyper weights (exact names
             or suffixes), e.g. `["classifier"]` for a new classification head, as in PEFT.
