@@ -212,3 +212,27 @@ def test_a_fused_lm_head_refuses_a_generated_output_embedding(tokenizer):
     ids = torch.tensor([[101, 7592, 2088, 102]])
     with pytest.raises(NotImplementedError, match="leave the LM head out of target_modules"):
         hyper(input_ids=ids, labels=ids, task=torch.tensor([0]), fused_lm_head=True)
+
+
+def test_sft_takes_named_values_from_a_string_column(tokenizer, tmp_path):
+    """A categorical condition with named values: the dataset's column holds the names, and the loss is the one
+    the ids give."""
+    named = {"task": {"type": "categorical", "values": ["red", "green", "blue"]}}
+    hyper = get_hyper_model(
+        _base(tokenizer), HyperConfig(target_modules=["q_proj", "v_proj"], conditions=named, rank=4)
+    )
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in hyper.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = _sft_data()["task"]
+    data = _sft_data().remove_columns("task").add_column("task", [["red", "green", "blue"][i] for i in ids])
+    trainer = HyperSFTTrainer(
+        model=hyper, args=_config("sft", tmp_path), train_dataset=data, processing_class=tokenizer
+    )
+    batch = _batch(trainer)
+    assert batch["task"] == ["red", "green", "blue", "green"]
+    with torch.no_grad():
+        by_name = trainer.compute_loss(hyper, dict(batch))
+        by_id = trainer.compute_loss(hyper, dict(batch, task=torch.tensor([0, 1, 2, 1])))
+    torch.testing.assert_close(by_name, by_id, rtol=0, atol=0)
