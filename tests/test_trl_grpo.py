@@ -161,3 +161,18 @@ def test_the_grpo_example_runs_and_prints_its_table():
     assert "mean reward before  after GRPO" in done.stdout
     assert "upper" in done.stdout and "lower" in done.stdout
     assert "reference model: the pretrained model inside the hyper model: PretrainedReference" in done.stdout
+
+
+def test_without_a_kl_term_there_is_no_reference_and_modules_to_save_train(tokenizer, tmp_path):
+    from hyperlight import HyperConfig, get_hyper_model
+
+    base = example.build(tokenizer, 0).unload()  # the plain base again
+    config = HyperConfig(
+        target_modules=["q_proj", "v_proj"], conditions={"task": {"type": "categorical", "values": example.TASKS}}
+    )
+    hyper = get_hyper_model(base, HyperConfig(**{**config.to_dict(), "modules_to_save": ["lm_head"]}))
+    trainer = _trainer(tokenizer, tmp_path, hyper=hyper, beta=0.0)
+    assert trainer.ref_model is None
+    trainer.train()
+    with pytest.raises(NotImplementedError, match="modules_to_save"):  # a KL reference cannot be given back
+        _trainer(tokenizer, tmp_path, hyper=hyper, beta=0.04)

@@ -139,9 +139,10 @@ class HyperGRPOTrainer(_ConditionColumns, trl.GRPOTrainer):
         self._condition_columns = list(hyper.condition_names)
         self._hyper = hyper
         self._row_conditions: dict[str, Any] | None = None
-        # TRL builds a second copy of the policy as the KL reference (from the hub); the pretrained model inside the
-        # hyper model is that reference already, run with the adapter disabled, and TRL prepares it as its own
-        reference = PretrainedReference(hyper)
+        # TRL builds a second copy of the policy as the KL reference (from the hub) when beta > 0; the pretrained
+        # model inside the hyper model is that reference already, run with the adapter disabled, and TRL prepares it
+        # as its own (with beta = 0 there is no reference, and nothing to refuse, e.g. modules_to_save)
+        reference = PretrainedReference(hyper) if getattr(args, "beta", 0.0) else None
         with mock.patch.object(trl.trainer.grpo_trainer, "create_model_from_path", lambda *a, **k: reference):
             super().__init__(hyper, reward_funcs, args, *rest, **kwargs)
 
