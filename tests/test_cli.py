@@ -335,3 +335,5 @@ def test_export_adapter_all_writes_one_adapter_per_value(saved, named, capsys):
     both = ["export-adapter", named["hyper"], "--base", saved["base"], "--all", "--condition", "task=sort"]
     code, _, err = _run([*both, "--out", named["root"] / "never"], capsys)
     assert code == 2 and err.startswith("hyperlight: error: ") and not (named["root"] / "never").exists()
+    code, _, err = _run([*both[:4], "--all", "task", "--condition", "task=sort", "--out", named["root"] / "x"], capsys)
+    assert code == 2 and "'task' is both enumerated and fixed to 'sort'" in err

@@ -90,3 +90,23 @@ def test_bad_requests_are_named_errors_before_anything_is_written(tmp_path, cond
     with pytest.raises(error, match=match):
         hyper.export_peft_adapters(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_exports_leftovers_are_removed_by_the_next_export(tmp_path):
+    hyper = _hyper({"task": {"type": "categorical", "values": ["copy", "sort"]}})
+    stale = tmp_path / "copy" / ".adapter_model.safetensors.99999999999999999999.abc.tmpdir"  # a dead process's
+    stale.mkdir(parents=True)
+    (stale / ".tmpXyZ123").write_bytes(b"half an adapter")
+    hyper.export_peft_adapters(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+
+
+def test_every_categorical_condition_fixed_is_named():
+    hyper = _hyper({"task": {"type": "categorical", "num": 2}, "lvl": {"type": "scalar", "range": [0, 1]}})
+    with pytest.raises(
+        ValueError, match=r"'lvl' is a scalar condition; give a categorical condition, and leave it out"
+    ):
+        hyper.export_peft_adapters("never", condition="lvl", task=1)

@@ -132,3 +132,18 @@ def test_a_forward_a_library_replaced_takes_its_own_keywords():
     hyper.forward = types.MethodType(replaced, hyper)
     with pytest.raises(TypeError, match=r"\['scale_logit'\]"):
         hyper(input_ids=IDS, task=1, scale_logit=2.0)
+
+
+def test_what_the_loss_and_a_tokenizer_pass_through_kwargs_is_taken():
+    """`shift_labels` changes the loss (Trainer adds it under context parallelism); a tokenizer's extra outputs are
+    ignored by the base, as without a hyper model."""
+    hyper = _hyper()
+    labels = IDS.clone()
+    shifted = torch.full_like(IDS, -100)
+    shifted[:, :2] = IDS[:, 1:3]
+    with torch.no_grad():
+        plain = hyper(input_ids=IDS, labels=labels, task=0).loss
+        given = hyper(input_ids=IDS, labels=labels, shift_labels=shifted, task=0).loss
+        extras = dict(special_tokens_mask=torch.zeros_like(IDS), offset_mapping=torch.zeros(2, 4, 2), length=[4, 4])
+        torch.testing.assert_close(hyper(input_ids=IDS, task=0, **extras).logits, hyper(input_ids=IDS, task=0).logits)
+    assert not torch.allclose(plain, given)

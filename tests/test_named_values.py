@@ -137,3 +137,43 @@ def test_the_core_hypernet_takes_names_too():
     torch.manual_seed(0)
     net = HyperNet(conditions=NAMED, output_shapes={"w": (3, 2)})
     torch.testing.assert_close(net(task=["upper", "copy"])["w"], net(task=torch.tensor([3, 0]))["w"])
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        (["1", "0", "sort"], r"values \['1', '0'\] read as integer ids"),
+        (["\u00e9", "e\u0301"], r"values must be distinct, \['\u00e9'\] appear more than once"),  # one name, NFC
+    ],
+)
+def test_names_that_would_read_ambiguously_are_refused(values, match):
+    with pytest.raises(ValueError, match=match):
+        HyperConfig(conditions={"task": {"type": "categorical", "values": values}})
+
+
+def test_bools_numpy_arrays_and_empty_lists_of_values():
+    np = pytest.importorskip("numpy")
+    encoder = ConditionEncoder(NAMED, 8)
+    for bad in (["sort", True], [2, True], (False,)):
+        with pytest.raises(TypeError, match="got a bool"):
+            encoder.check({"task": bad})
+    assert encoder.check({"task": np.array(["sort", "copy"])})["task"].tolist() == [2, 0]  # a datasets column
+    assert encoder.check({"task": np.array(["upper"], dtype=object)})["task"].tolist() == [3]
+    assert encoder.check({"task": []})["task"].shape == (0,)
+
+
+def test_a_config_edited_in_place_after_the_build_cannot_be_saved(tmp_path):
+    hyper = _hyper()
+    hyper.hyper_config.conditions["task"]["values"].reverse()  # the model still uses copy=0, ..., upper=3
+    with pytest.raises(ValueError, match="is not what this model was built with"):
+        hyper.save_pretrained(tmp_path)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="is not what this model was built with"):
+        hyper.state_dict()
+
+
+def test_merge_and_export_name_the_one_value_they_take():
+    hyper = _hyper()
+    with pytest.raises(ValueError, match=r"take one value per condition \(one example\): condition 'task' has 2"):
+        hyper.merge_and_unload(task=["sort", "copy"])
+    hyper(input_ids=IDS[:1], task="sort")  # the refused merge left the hyper model as it was

@@ -176,3 +176,10 @@ def test_without_a_kl_term_there_is_no_reference_and_modules_to_save_train(token
     trainer.train()
     with pytest.raises(NotImplementedError, match="modules_to_save"):  # a KL reference cannot be given back
         _trainer(tokenizer, tmp_path, hyper=hyper, beta=0.04)
+
+
+def test_several_iterations_over_one_generation_batch_keep_its_conditions(tokenizer, tmp_path):
+    """With num_iterations > 1, TRL scores each buffered batch again: the conditions must still be in it."""
+    trainer = _trainer(tokenizer, tmp_path, num_iterations=2, steps_per_generation=2, max_steps=4)
+    trainer.train()
+    assert all(any(k.startswith("hyperlight_condition_") for k in batch) for batch in trainer._buffered_inputs)

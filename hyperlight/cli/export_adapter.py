@@ -55,7 +55,7 @@ def _run_all(args: argparse.Namespace) -> None:
         from ..plugin.peft_export import enumerated_values
 
         specs = {n: ConditionSpec.parse(n, s) for n, s in config.conditions.items()}
-        given = dict.fromkeys(pair.partition("=")[0].strip() for pair in args.condition)
+        given = {name.strip(): text for name, _, text in (pair.partition("=") for pair in args.condition)}
         chosen.append(enumerated_values(specs, args.all or None, given)[0])  # checked before any model loads
         return chosen[0]
 

@@ -8,7 +8,9 @@ import keyword
 import math
 import numbers
 import os
+import re
 import struct
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -153,14 +155,30 @@ def _value_names(name: str, values: Any) -> tuple[str, ...]:
     bad = [v for v in values if not isinstance(v, str) or not v]
     if bad:
         raise ValueError(f"condition '{name}': every value must be a non-empty str, got {bad[:4]!r}; {example}")
-    repeated = sorted({v for v in values if values.count(v) > 1})
+    normal = [unicodedata.normalize("NFC", v) for v in values]  # 'é' typed either way is one name
+    repeated = sorted({v for v in normal if normal.count(v) > 1})
     if repeated:
         raise ValueError(f"condition '{name}': values must be distinct, {repeated[:4]} appear more than once")
+    numeric = [v for v in values if re.fullmatch(r"\s*[+-]?\d+\s*", v)]
+    if numeric:  # on a command line or in a file, '1' would read both as a name and as id 1
+        raise ValueError(
+            f"condition '{name}': values {numeric[:4]} read as integer ids; name them with letters (e.g. 'task1')"
+        )
     return tuple(values)
 
 
 def _ids_of_names(name: str, spec: ConditionSpec, value: Any) -> Any:
-    """A categorical value given by name (a str, or a list/tuple holding names) as ids; anything else as it is."""
+    """A categorical value given by name (a str, or a list/tuple/array holding names) as ids; anything else as it
+    is. Bools are refused anywhere in a list: `True` would silently read as id 1."""
+    if getattr(getattr(value, "dtype", None), "kind", None) in ("U", "S", "O"):  # a NumPy array of names
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, bool) for v in value):
+            raise TypeError(
+                f"condition '{name}' is categorical: expected ids or names, got a bool in {_describe(value)}"
+            )
+        if not value:
+            return torch.empty(0, dtype=torch.long)  # an empty batch
     named = isinstance(value, str) or (isinstance(value, (list, tuple)) and any(isinstance(v, str) for v in value))
     if not named:
         return value
@@ -170,10 +188,11 @@ def _ids_of_names(name: str, spec: ConditionSpec, value: Any) -> Any:
             f"{_describe(value)}; to give values by name, declare them: "
             "{'type': 'categorical', 'values': ['copy', 'reverse', ...]}"
         )
-    index = {v: i for i, v in enumerate(spec.values)}
+    index = {unicodedata.normalize("NFC", v): i for i, v in enumerate(spec.values)}
     ids = []
     for v in [value] if isinstance(value, str) else value:
         if isinstance(v, str):
+            v = unicodedata.normalize("NFC", v)
             if v not in index:
                 close = difflib.get_close_matches(v, spec.values, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""

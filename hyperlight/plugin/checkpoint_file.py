@@ -107,14 +107,14 @@ def tensors_digest(tensors: Mapping[str, Tensor], config: str = "") -> str:
 # -- writing ---------------------------------------------------------------------------------------------
 
 
-def remove_stale_temporaries(directory: Path) -> None:
-    """Remove what killed saves left in `directory` (their working directories, and the temporary files of older
-    versions), for processes no longer alive: a save in progress elsewhere keeps its own."""
+def remove_stale_temporaries(directory: Path, names: tuple[str, ...] = (WEIGHTS_NAME, CONFIG_NAME)) -> None:
+    """Remove what killed saves of the files `names` left in `directory` (their working directories, and the
+    temporary files of older versions), for processes no longer alive: a save in progress elsewhere keeps its own."""
     if not directory.is_dir():
         return
     for path in directory.iterdir():
         match = _TEMPORARY.match(path.name)
-        if match is None or match["name"] not in (WEIGHTS_NAME, CONFIG_NAME):
+        if match is None or match["name"] not in names:
             continue
         pid = int(match["pid"])
         if pid == os.getpid() or _alive(pid):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..hypernet.conditions import ConditionSpec
 from ..hypernetize import original_value
 from ..nn.hypernetized import linear_like
-from .checkpoint_file import save_tensors
+from .checkpoint_file import remove_stale_temporaries, save_tensors
 
 
 def _relative_error(delta: Tensor, approx: Tensor) -> float:
@@ -90,11 +90,13 @@ def write_peft_adapter(hyper: nn.Module, directory: Path, values: Mapping[str, T
         tensors[f"base_model.model.{name}.lora_B.weight"] = lora_b.to(dtype)
     for name, module in hyper.saved_modules.items():  # PEFT stores trained whole modules under their own names
         tensors.update({f"base_model.model.{name}.{k}": v for k, v in module.state_dict().items()})
-    save_tensors(directory / "adapter_model.safetensors", tensors)
+    remove_stale_temporaries(directory, (ADAPTER_WEIGHTS,))  # what a killed export left
+    save_tensors(directory / ADAPTER_WEIGHTS, tensors)
     lora_config.save_pretrained(str(directory))
     return errors
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # a value's name becomes a directory name (and a served adapter's name): one path component, nothing hidden
 _DIRECTORY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
 
@@ -114,7 +116,8 @@ def enumerated_values(
     spec = specs.get(condition)
     if spec is None or spec.type != "categorical":
         kind = "no condition" if spec is None else f"a {spec.type} condition"
-        raise ValueError(f"condition={condition!r} is {kind}; give one of the categorical conditions {categorical}")
+        which = f"one of the categorical conditions {categorical}" if categorical else "a categorical condition"
+        raise ValueError(f"condition={condition!r} is {kind}; give {which}, and leave it out of the fixed ones")
     if condition in fixed:
         raise ValueError(f"condition {condition!r} is both enumerated and fixed to {fixed[condition]!r}; give it once")
     labels = list(spec.values) if spec.values is not None else [str(i) for i in range(spec.num)]

@@ -39,7 +39,10 @@ class PretrainedState:
 def single_condition_values(hyper: nn.Module, conditions: Mapping[str, Any]) -> dict[str, Tensor]:
     """`{target.external: tensor}` for one condition (one example), detached: what merging bakes in."""
     with torch.no_grad():
-        generated = hyper.generate_weights(1, **conditions)
+        try:
+            generated = hyper.generate_weights(1, **conditions)
+        except ValueError as error:
+            raise ValueError(f"merge and export take one value per condition (one example): {error}") from None
     values = {}
     for target, tensors in generated.items():
         for name, value in tensors.items():

@@ -48,6 +48,13 @@ def hyper_state_dict(hyper: nn.Module, *, keep_vars: bool = False) -> dict[str, 
 
 def checkpoint_record(hyper: nn.Module) -> dict[str, Any]:
     """The config a checkpoint stores, with what it records of the model it was trained on (checked at load)."""
+    config, used = hyper.hyper_config, {n: s.to_dict() for n, s in hyper.condition_encoder.specs.items()}
+    if {n: ConditionSpec.parse(n, s).to_dict() for n, s in config.conditions.items()} != used:
+        raise ValueError(
+            f"hyper_config.conditions {config.conditions} is not what this model was built with ({used}): it was "
+            "changed after get_hyper_model (in place?), and a checkpoint of it would give names and sizes other "
+            "meanings. Build a new hyper model with the conditions you want"
+        )
     base = hyper.get_base_model()
     provenance = {
         "version": __version__,
@@ -55,7 +62,7 @@ def checkpoint_record(hyper: nn.Module) -> dict[str, Any]:
         "model_type": getattr(getattr(base, "config", None), "model_type", None),
         "targets": hyper.target_shapes,
     }
-    return {**hyper.hyper_config.to_dict(), "hyperlight": provenance}
+    return {**config.to_dict(), "hyperlight": provenance}
 
 
 def save_pretrained(hyper: nn.Module, save_directory: str | Path, *, is_main_process: bool = True) -> None:

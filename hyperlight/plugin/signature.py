@@ -182,9 +182,12 @@ def _keys_of(fields: Any) -> set[str] | None:
 @functools.cache
 def _transformers_keywords() -> set[str]:
     """What any Transformers forward with `**kwargs` takes beyond its named parameters."""
-    # decorators' keywords, old names Transformers still renames (`past_key_values` -> `cache`), tokenizer outputs
-    keys = {"return_dict", "output_attentions", "output_hidden_states", "use_cache", "past_key_values", "cache_params"}
-    keys.add("token_type_ids")
+    # decorators' keywords; what the loss functions read from **kwargs (`shift_labels`: Trainer adds it under context
+    # parallelism); old names Transformers renames or ignores (`past_key_values` -> `cache`, `cache_position`)
+    keys = {"return_dict", "output_attentions", "output_hidden_states", "use_cache", "shift_labels"}
+    keys |= {"past_key_values", "cache_params", "cache_position", "head_mask"}
+    # what a tokenizer returns, which a model with **kwargs takes and ignores (`hyper(**tokenizer(text, ...))`)
+    keys |= {"token_type_ids", "special_tokens_mask", "offset_mapping", "length", "overflow_to_sample_mapping"}
     try:
         from transformers.utils.generic import TransformersKwargs
     except ImportError:  # an older Transformers: the named parameters and the keys above

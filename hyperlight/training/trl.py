@@ -163,6 +163,7 @@ class HyperGRPOTrainer(_ConditionColumns, trl.GRPOTrainer):
         return output
 
     def _compute_loss(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        inputs = dict(inputs)  # TRL buffers this batch and scores it again when num_iterations > 1: leave it whole
         conditions = {name: inputs.pop(_CONDITION_KEY + name) for name in self._condition_columns}
         with self._conditions_of_rows(conditions):
             return super()._compute_loss(model, inputs)
