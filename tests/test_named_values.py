@@ -137,6 +137,8 @@ def test_the_core_hypernet_takes_names_too():
     torch.manual_seed(0)
     net = HyperNet(conditions=NAMED, output_shapes={"w": (3, 2)})
     torch.testing.assert_close(net(task=["upper", "copy"])["w"], net(task=torch.tensor([3, 0]))["w"])
+    np = pytest.importorskip("numpy")
+    torch.testing.assert_close(net(task=np.array(["upper", "copy"]))["w"], net(task=torch.tensor([3, 0]))["w"])
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ condition takes (for messages), and `--encoder` for text conditions whose senten
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import re
@@ -66,17 +65,12 @@ def parse_condition_value(name: str, spec: Mapping[str, Any], text: str) -> Any:
 
 
 def _categorical(name: str, spec: Mapping[str, Any], text: str) -> int | str:
-    names = list(spec.get("values") or [])
-    if text in names:
-        return text  # a named value: the model takes the name
     if not re.fullmatch(r"\s*[+-]?\d+\s*", text):
-        if names:
-            close = difflib.get_close_matches(text, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"condition '{name}' has no value {text!r}; its values are {names[:20]} (or ids 0..{len(names) - 1})"
-                f"{hint}"
-            )
+        if spec.get("values"):  # a name: checked by the model's own lookup (unknown names, "did you mean")
+            from ..hypernet.conditions import ConditionSpec, ids_of_names
+
+            ids_of_names(name, ConditionSpec.parse(name, spec), text)
+            return text  # the model takes the name
         raise ValueError(f"condition '{name}' is categorical: expected an integer id, got {text!r}")
     value = int(text)
     if not 0 <= value < spec["num"]:

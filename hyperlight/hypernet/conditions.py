@@ -167,7 +167,7 @@ def _value_names(name: str, values: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _ids_of_names(name: str, spec: ConditionSpec, value: Any) -> Any:
+def ids_of_names(name: str, spec: ConditionSpec, value: Any) -> Any:
     """A categorical value given by name (a str, or a list/tuple/array holding names) as ids; anything else as it
     is. Bools are refused anywhere in a list: `True` would silently read as id 1."""
     if getattr(getattr(value, "dtype", None), "kind", None) in ("U", "S", "O"):  # a NumPy array of names
@@ -348,7 +348,7 @@ class ConditionEncoder(nn.Module):
     @staticmethod
     def _check_one(name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:
         if spec.type == "categorical":
-            value = _ids_of_names(name, spec, value)
+            value = ids_of_names(name, spec, value)
         t = _as_tensor(name, spec, value, device)
         if spec.type == "categorical":
             if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:

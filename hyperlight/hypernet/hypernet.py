@@ -61,7 +61,8 @@ def _is_batched(spec: ConditionSpec, value: Any) -> bool:
         return False
     if spec.type == "text" or (spec.type == "categorical" and isinstance(value, (list, tuple))):
         return True  # a list of strings (or of named values and ids), one per example
-    dims = value.dim() if isinstance(value, Tensor) else torch.as_tensor(value).dim()
+    dims = getattr(value, "ndim", None)  # tensors and NumPy arrays (of names, too) say it themselves
+    dims = torch.as_tensor(value).dim() if dims is None else dims
     return dims > (1 if spec.type == "vector" else 0)
 
 

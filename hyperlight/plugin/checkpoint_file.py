@@ -141,9 +141,10 @@ def _alive(pid: int) -> bool:
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through `write(tmp_path)` in a private working directory beside `path`, flush it to disk, then
     rename it into place, so an interrupted save leaves the previous file intact. Whatever the writer creates
-    (safetensors writes its own `.tmpXXXXXX` and renames it) stays inside that directory, which the next save
-    removes if this process was killed."""
+    (safetensors writes its own `.tmpXXXXXX` and renames it) stays inside that directory, which the next write of
+    the same file removes if this process was killed."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, (path.name,))  # what a killed write of this file left
     work = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmpdir"
     os.mkdir(work)
     tmp = str(work / path.name)
@@ -199,7 +200,6 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
 
 def save_checkpoint(directory: Path, tensors: dict[str, Tensor], record: dict[str, Any], version: str) -> None:
     """Write one consistent checkpoint: the weights (with their config and digest), then the readable config."""
-    remove_stale_temporaries(directory)
     text = config_text(record)
     digest = tensors_digest(tensors, text)  # covers the config too: an edited config is a changed checkpoint
     metadata = {"format": "pt", "hyperlight": version, CONFIG_KEY: text, DIGEST_KEY: digest}

@@ -14,7 +14,9 @@ from torch import Tensor, nn
 from ..hypernet.conditions import ConditionSpec
 from ..hypernetize import original_value
 from ..nn.hypernetized import linear_like
-from .checkpoint_file import remove_stale_temporaries, save_tensors
+from .checkpoint_file import save_tensors
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def _relative_error(delta: Tensor, approx: Tensor) -> float:
@@ -90,13 +92,11 @@ def write_peft_adapter(hyper: nn.Module, directory: Path, values: Mapping[str, T
         tensors[f"base_model.model.{name}.lora_B.weight"] = lora_b.to(dtype)
     for name, module in hyper.saved_modules.items():  # PEFT stores trained whole modules under their own names
         tensors.update({f"base_model.model.{name}.{k}": v for k, v in module.state_dict().items()})
-    remove_stale_temporaries(directory, (ADAPTER_WEIGHTS,))  # what a killed export left
-    save_tensors(directory / ADAPTER_WEIGHTS, tensors)
+    save_tensors(directory / ADAPTER_WEIGHTS, tensors)  # (removing what a killed export left, see atomic_write)
     lora_config.save_pretrained(str(directory))
     return errors
 
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # a value's name becomes a directory name (and a served adapter's name): one path component, nothing hidden
 _DIRECTORY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=-]*$")
 
