@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from .encoding import encode
 
-CONDITION_TYPES = ("categorical", "vector", "scalar", "text")
+CONDITION_TYPES = ("categorical", "vector", "scalar", "text", "input")
+POOLS = ("mean", "last")  # how an input condition pools the prompt's hidden states
 _EXAMPLE = "{'task': {'type': 'categorical', 'num': 8}}"
 # the embedders live in an nn.ModuleDict keyed by condition name: its attributes cannot be keys
 _RESERVED_NAMES = frozenset(dir(nn.ModuleDict()))
@@ -63,7 +64,9 @@ class ConditionSpec:
     """One condition. `categorical`: ids in [0, num), or named `values` (then `num` is their count and each
     value may be given by its name or its id); `vector`: a (dim,) embedding; `scalar`: a number in `range`,
     rescaled to [0, 1] and encoded with cos|sin; `text`: strings, embedded by a frozen sentence `encoder` (a path
-    or name; its `dim` and `fingerprint` are recorded when the model is built)."""
+    or name; its `dim` and `fingerprint` are recorded when the model is built); `input`: computed from the input
+    itself, the base model's hidden state after `layer` blocks pooled over the prompt (`pool`: "mean" or "last";
+    its `dim`, the hidden size, is recorded when the model is built)."""
 
     type: str
     num: int | None = None
@@ -72,6 +75,8 @@ class ConditionSpec:
     encoder: str | None = None
     fingerprint: str | None = None
     values: tuple[str, ...] | None = None  # categorical: the names of ids 0..num-1
+    layer: int | None = None  # input: the hidden state after this many blocks (0: the input embeddings)
+    pool: str | None = None  # input: "mean" or "last" over the prompt's tokens
 
     @classmethod
     def parse(cls, name: str, spec: Mapping[str, Any] | ConditionSpec) -> ConditionSpec:
@@ -83,7 +88,7 @@ class ConditionSpec:
                 f"condition '{name}' must be a dict like {{'type': 'categorical', 'num': 8}}, "
                 f"{{'type': 'vector', 'dim': 16}} or {{'type': 'scalar', 'range': [0.0, 1.0]}}, got {spec!r}"
             )
-        fields = {"type", "num", "dim", "range", "encoder", "fingerprint", "values"}
+        fields = {"type", "num", "dim", "range", "encoder", "fingerprint", "values", "layer", "pool"}
         extra = sorted(set(spec) - fields, key=repr)
         if extra:
             raise ValueError(f"condition '{name}' has unknown fields {extra}; allowed are {sorted(fields)}")
@@ -110,6 +115,24 @@ class ConditionSpec:
 
         if kind != "categorical":
             unused("values")
+        if kind != "input":
+            unused("layer", "pool")
+        else:
+            unused("num", "range", "encoder", "fingerprint")
+            layer, pool = spec.get("layer"), spec.get("pool", "mean")
+            if not _is_int(layer) or layer < 0:
+                raise ValueError(
+                    f"condition '{name}' (input) needs 'layer': the number of blocks whose output it reads (0: the "
+                    f"input embeddings), a non-negative int, got {layer!r}; e.g. {{'type': 'input', 'layer': 2}}"
+                )
+            if pool is None:
+                pool = "mean"
+            if not isinstance(pool, str) or pool not in POOLS:
+                raise ValueError(
+                    f"condition '{name}' (input): 'pool' must be one of {list(POOLS)} (over the prompt's tokens), "
+                    f"got {pool!r}"
+                )
+            return cls(kind, dim=None if dim is None else positive(dim, "dim"), layer=int(layer), pool=pool)
         if kind == "text":
             unused("num", "range")
             encoder, fingerprint = spec.get("encoder"), spec.get("fingerprint")
@@ -267,6 +290,15 @@ class ConditionEncoder(nn.Module):
                 emb = nn.Embedding(spec.num, embedding_dim)
                 nn.init.normal_(emb.weight, std=1.0)
                 self.embedders[name] = emb
+            elif spec.type == "input":
+                if spec.dim is None:
+                    raise ValueError(
+                        f"input condition '{name}' has no 'dim' (the base model's hidden size); build it through "
+                        "get_hyper_model, which records it"
+                    )
+                # hidden states' scale differs from layer to layer and model to model: normalised, then projected
+                norm = nn.LayerNorm(spec.dim, elementwise_affine=False)
+                self.embedders[name] = nn.Sequential(norm, nn.Linear(spec.dim, embedding_dim))
             elif spec.type == "text":
                 dim = spec.dim if spec.dim is not None else getattr(self.text_encoders.get(name), "dim", None)
                 if dim is None:
@@ -321,7 +353,10 @@ class ConditionEncoder(nn.Module):
         return checked
 
     def describe(self) -> str:
-        return ", ".join(f"{n} ({s.type})" for n, s in self.specs.items())
+        return ", ".join(
+            f"{n} (input, computed from layer {s.layer})" if s.type == "input" else f"{n} ({s.type})"
+            for n, s in self.specs.items()
+        )
 
     def _embed_text(self, name: str, spec: ConditionSpec, value: Any, device: torch.device) -> Tensor:
         """A text condition's strings (one, or one per example) as `(B, dim)` embeddings."""
@@ -372,7 +407,7 @@ class ConditionEncoder(nn.Module):
             kind = "a scalar" if spec.type == "scalar" else f"a vector of dim {spec.dim}"
             raise TypeError(f"condition '{name}' is {kind}: expected real numbers (a float tensor), got {t.dtype}")
         t = t.float()
-        if spec.type == "vector":
+        if spec.type in ("vector", "input"):
             if t.dim() == 1:
                 t = t.unsqueeze(0)
             if t.dim() != 2 or t.shape[1] != spec.dim:
@@ -410,6 +445,8 @@ class ConditionEncoder(nn.Module):
                 parts.append(embedder(value))
             elif spec.type in ("vector", "text"):
                 parts.append(embedder(value.to(embedder.weight.dtype)))
+            elif spec.type == "input":
+                parts.append(embedder(value.to(embedder[1].weight.dtype)))
             else:
                 lo, hi = spec.range
                 unit = ((value - lo) / (hi - lo)).unsqueeze(-1).to(embedder.weight.dtype)  # (B, 1) in [0, 1]
@@ -434,6 +471,7 @@ def _as_tensor(name: str, spec: ConditionSpec, value: Any, device: torch.device)
         "vector": f"condition '{name}' is a vector of dim {spec.dim}: expected numbers (a float tensor or list "
         f"of shape (B, {spec.dim}) or ({spec.dim},))",
         "scalar": f"condition '{name}' is a scalar: expected numbers (a float tensor, list or float)",
+        "input": f"condition '{name}' is computed from the input: expected pooled hidden states (B, {spec.dim})",
     }[spec.type]
     if isinstance(value, Tensor):
         if value.device.type == "meta":

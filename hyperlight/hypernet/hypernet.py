@@ -186,6 +186,12 @@ class HyperNet(nn.Module):
             if unused:
                 raise ValueError(f"text_encoders names {unused}, which are not text conditions of {list(parsed)}")
             for name, spec in parsed.items():
+                if spec.type == "input":
+                    raise ValueError(
+                        f"condition '{name}' is an input condition (computed from a Transformers model's hidden "
+                        "states during its forward); it belongs to the plug-in: HyperConfig(conditions=...) with "
+                        "get_hyper_model(model, config). HyperNet takes categorical, vector, scalar and text ones"
+                    )
                 if spec.type != "text":
                     continue
                 if name not in encoders:

@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..hypernet.conditions import first_rows
+from ..hypernet.conditions import ConditionSpec, first_rows
 from ..hypernetize import original_value
 from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
@@ -32,6 +32,7 @@ from ..nn.module import HyperModule
 from . import planning, save_and_load, signature
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
+from .input_conditions import InputConditions, input_condition_names, prompt_inputs, resolve_input_dims
 from .peft_export import enumerated_values, write_peft_adapter
 from .release import PretrainedState, refuse_quantized_merge, release_base, single_condition_values
 from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
@@ -72,12 +73,16 @@ class HyperModel(nn.Module):
             # text conditions: load each sentence encoder, and record its dim and fingerprint in (a copy of) config
             resolved, text_encoders = resolve_text_encoders(config.conditions, encoder)
             config = dataclasses.replace(config, conditions=resolved)
+        if input_condition_names(config.conditions):  # computed from the input: their size is the hidden size
+            config = dataclasses.replace(config, conditions=resolve_input_dims(config.conditions, model))
         self.hyper_config = config
         # every check runs before the model changes, so a bad config leaves it untouched
         names = config.matched_modules(model)
         saved = planning.modules_to_save(model, config.modules_to_save or [], names)
         signature.forward_signature(type(model), tuple(config.conditions))  # condition names must not shadow arguments
         chosen = planning.full_mode_parameters(model, names, config.target_parameters) if config.mode == "full" else {}
+        specs = {n: ConditionSpec.parse(n, s) for n, s in config.conditions.items()}
+        inputs = InputConditions(model, specs, names) if input_condition_names(specs) else None
 
         # unload() gives back the base as it was: what it was, before anything changes
         self._pretrained = PretrainedState.record(model, saved)
@@ -103,7 +108,11 @@ class HyperModel(nn.Module):
         self._external_names = {t.name: frozenset(t.shapes) for t in targets}
         # full mode: generated tensors take the dtype of the pretrained values (which follow .to())
         self._full_mode = config.mode == "full"
-        self.__class__ = signature.signed_class(type(self), type(model), tuple(self.condition_names))
+        self._inputs = inputs  # last: from here on, a call's input computes its input conditions
+        if inputs is not None:
+            inputs.attach()
+        signed = tuple(self.condition_names) + (("prompt_mask",) if inputs is not None else ())
+        self.__class__ = signature.signed_class(type(self), type(model), signed)
         self.register_forward_pre_hook(bind_replaced_forward, with_kwargs=True)
         self.register_forward_hook(unbind_replaced_forward, always_call=True)
 
@@ -131,7 +140,8 @@ class HyperModel(nn.Module):
 
     @property
     def condition_names(self) -> list[str]:
-        return self.condition_encoder.names
+        """The conditions a call gives as keyword arguments (input conditions are computed from the input)."""
+        return [n for n, s in self.condition_encoder.specs.items() if s.type != "input"]
 
     def require_loaded(self) -> None:
         """Raise if `unload()` / `merge_and_unload()` already gave the base model back."""
@@ -194,7 +204,8 @@ class HyperModel(nn.Module):
 
     def merge_and_unload(self, **conditions: Any) -> nn.Module:
         """A plain base model (no hyperlight class left) with the weights of one condition baked in (and the
-        trained `modules_to_save`). This hyper model is unusable afterwards."""
+        trained `modules_to_save`). This hyper model is unusable afterwards. With input conditions, `prompt=`
+        (token ids, or a tokenizer's output for one example) gives the input they are computed from."""
         self.require_loaded()
         refuse_quantized_merge(self._target_modules)
         return self._release(single_condition_values(self, conditions), keep_trained=True)
@@ -208,6 +219,7 @@ class HyperModel(nn.Module):
     def export_peft_adapter(self, save_directory: str | Path, **conditions: Any) -> dict[str, float]:
         """Write a standard PEFT LoRA adapter for one condition; returns `{module: relative error}`.
 
+        With input conditions, `prompt=` gives the input they are computed from, as for `merge_and_unload`.
         In lora mode the predicted factors are written as they are (errors are 0). In full mode the
         change `W - W0` of each linear target's weight is truncated by SVD to `rank`, and the relative
         Frobenius error of that approximation is reported.
@@ -224,7 +236,8 @@ class HyperModel(nn.Module):
         `{value: {module: relative error}}`."""
         self.require_loaded()
         name, values = enumerated_values(self.condition_encoder.specs, condition, conditions)
-        self.condition_encoder.check({**conditions, name: 0}, 1)  # the fixed conditions, before anything is written
+        fixed = self._with_input_conditions(conditions, "export_peft_adapters")
+        self.condition_encoder.check({**fixed, name: 0}, 1)  # the fixed conditions, before anything is written
         directory = Path(save_directory)
         return {
             label: self.export_peft_adapter(directory / label, **conditions, **{name: value})
@@ -234,6 +247,8 @@ class HyperModel(nn.Module):
     def _release(self, values: Mapping[str, Tensor] | None, *, keep_trained: bool) -> nn.Module:
         self._released = True
         unbind_checkpointing(self._checkpointable)
+        if self._inputs is not None:
+            self._inputs.detach()
         return release_base(self._base, self._pretrained, self._saved_modules, values, keep_trained=keep_trained)
 
     # -- conditions -> weights, bound to one call ---------------------------------------------------
@@ -243,10 +258,34 @@ class HyperModel(nn.Module):
 
         Weights are computed once per distinct condition in the batch (unless a condition requires grad:
         then every row is generated, so each row's condition gets its own gradient); a batch with one
-        distinct condition gets shared (unbatched) tensors, otherwise `(B, *shape)`.
+        distinct condition gets shared (unbatched) tensors, otherwise `(B, *shape)`. With input conditions,
+        `prompt=` (token ids or a tokenizer's output, one row per example) gives the input they are computed from.
         """
         self.require_loaded()
-        return self._generate(batch_size, conditions)[0]
+        return self._generate(batch_size, self._with_input_conditions(conditions, "generate_weights"))[0]
+
+    def _with_input_conditions(self, conditions: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """The given conditions, plus the input conditions of their `prompt=` (run up to the conditions' layer)."""
+        given = dict(conditions)
+        if self._inputs is None:
+            return given
+        self._refuse_given_inputs(given)
+        prompt = given.pop("prompt", None)
+        if prompt is None:
+            raise ValueError(
+                f"{what}: this model's weights depend on its input ({self._inputs.describe()}), so they need the "
+                "prompt they are computed from: pass prompt=tokenizer(text, return_tensors='pt') (or its input_ids)"
+            )
+        device = self._base.get_input_embeddings().weight.device
+        return {**given, **self._inputs.probe(self._base, prompt_inputs(prompt, device), self._base_keywords)}
+
+    def _refuse_given_inputs(self, given: Mapping[str, Any]) -> None:
+        named = [n for n in self._inputs.specs if n in given] if self._inputs is not None else []
+        if named:
+            raise TypeError(
+                f"{named} are input conditions ({self._inputs.describe()}): computed from the call's own input, never "
+                f"given; remove {named[0]}=... (merge, export and conditioned(...) take prompt=... instead)"
+            )
 
     def _generate(
         self, batch_size: int | None, conditions: Mapping[str, Any]
@@ -351,11 +390,14 @@ class HyperModel(nn.Module):
                 "would each walk into the generator); call hyper(...) instead, use "
                 "gradient_checkpointing_kwargs={'use_reentrant': False}, or wrap the block in torch.no_grad()"
             )
+        full = self._with_input_conditions(conditions, "conditioned(...)")
         bind_checkpointing(self._checkpointable)
         defaults = _BLOCK_CONDITIONS.get()
-        token = _BLOCK_CONDITIONS.set({**defaults, id(self): dict(conditions)})
+        # calls of this model inside the block take these (their input conditions come from their own input)
+        given = {k: v for k, v in conditions.items() if self._inputs is None or k != "prompt"}
+        token = _BLOCK_CONDITIONS.set({**defaults, id(self): given})
         try:
-            with bind(self._bind(batch_size, conditions, expand=1)):
+            with bind(self._bind(batch_size, full, expand=1)):
                 yield
         finally:
             _BLOCK_CONDITIONS.reset(token)
@@ -405,6 +447,8 @@ class HyperModel(nn.Module):
         the reentrant-checkpointing gradient sink to attach to the output, if any."""
         self.require_loaded()
         conditions = self._pop_conditions(kwargs)
+        prompt_mask = kwargs.pop("prompt_mask", None) if self._inputs is not None else None
+        self._refuse_given_inputs(kwargs)
         if self._adapter_disabled():
             yield None
             return
@@ -419,8 +463,24 @@ class HyperModel(nn.Module):
         sink = None
         if torch.is_grad_enabled() and uses_reentrant_checkpointing(self._checkpointable):
             sink = GradientSink()  # see checkpointing.py: layers read leaf copies, flushed after backward
-        with bind(self._bind(signature.batch_size_of(args, kwargs), conditions, expand=1, sink=sink)):
-            yield sink
+        if self._inputs is None:
+            with bind(self._bind(signature.batch_size_of(args, kwargs), conditions, expand=1, sink=sink)):
+                yield sink
+            return
+        if sink is not None and any(p.requires_grad for p in self._inputs.lower_parameters):
+            raise NotImplementedError(
+                "reentrant gradient checkpointing runs each layer without grad in the forward, so the generator's "
+                "gradient could not reach the trainable layers below the input conditions' layer; use "
+                "gradient_checkpointing_kwargs={'use_reentrant': False}, or freeze those layers"
+            )
+        mask = self._inputs.call_mask(args, kwargs, prompt_mask)
+        with ExitStack() as bound:  # the hook at the conditions' layer binds the weights here, for the rest of it
+
+            def generated(pooled: dict[str, Tensor]) -> None:
+                bound.enter_context(bind(self._bind(mask.shape[0], {**conditions, **pooled}, expand=1, sink=sink)))
+
+            with self._inputs.pending(mask, generated, detach=sink is not None):
+                yield sink
 
     def _refuse_unknown_keywords(self, kwargs: Mapping[str, Any]) -> None:
         """A keyword that is neither a condition nor taken by the base model is a typo: refused, not ignored."""
@@ -450,8 +510,16 @@ class HyperModel(nn.Module):
         once per call; beams and `num_return_sequences` reuse row b's weights for b's expanded rows."""
         self.require_loaded()
         conditions = self._pop_conditions(kwargs)
+        prompt_mask = kwargs.pop("prompt_mask", None) if self._inputs is not None else None
+        self._refuse_given_inputs(kwargs)
         if self._adapter_disabled():
             return self._base.generate(*args, **kwargs)
+        if self._inputs is not None:  # from the prompt, once: generated tokens never change the weights
+            prompt = {k: kwargs.get(k) for k in ("input_ids", "attention_mask", "inputs_embeds")}
+            if prompt["input_ids"] is None:
+                prompt["input_ids"] = kwargs.get("inputs", args[0] if args else None)
+            prompt["prompt_mask"] = prompt_mask
+            conditions = {**conditions, **self._inputs.probe(self._base, prompt, self._base_keywords)}
         expand = signature.generation_expansion(self._base, kwargs)  # beams reuse their row's weights
         with bind(self._bind(signature.batch_size_of(args, kwargs), conditions, expand=expand)):
             return self._base.generate(*args, **kwargs)

@@ -45,6 +45,18 @@ def _require_hyper(model: Any, trainer: str) -> HyperModel:
     return model
 
 
+def _refuse_input_conditions(hyper: HyperModel, trainer: str) -> None:
+    """Preference and RL trainers score prompt + completion rows without labels that mark the prompt: an input
+    condition would pool the completion too, and give each completion of one prompt different weights."""
+    computed = [n for n, s in hyper.condition_encoder.specs.items() if s.type == "input"]
+    if computed:
+        raise NotImplementedError(
+            f"{trainer} scores prompt + completion rows that do not mark where the prompt ends, so the input "
+            f"conditions {computed} would be computed from the completions too. Train input conditions with "
+            "HyperSFTTrainer (prompt/completion data) or Trainer (labels -100 on the prompt)"
+        )
+
+
 def _refuse_packed_rows(args: Any, trainer: str) -> None:
     packed = [name for name in ("packing", "padding_free") if getattr(args, name, False)]
     if packed:
@@ -102,6 +114,7 @@ class HyperDPOTrainer(_ConditionColumns, trl.DPOTrainer):
         self, model: HyperModel, ref_model: nn.Module | None = None, args: Any = None, *rest: Any, **kwargs: Any
     ) -> None:
         hyper = _require_hyper(model, "HyperDPOTrainer")
+        _refuse_input_conditions(hyper, "HyperDPOTrainer")
         _refuse_packed_rows(args, "HyperDPOTrainer")
         if getattr(args, "sync_ref_model", False) and ref_model is None:
             raise ValueError(
@@ -134,6 +147,7 @@ class HyperGRPOTrainer(_ConditionColumns, trl.GRPOTrainer):
 
     def __init__(self, model: HyperModel, reward_funcs: Any, args: Any = None, *rest: Any, **kwargs: Any) -> None:
         hyper = _require_hyper(model, "HyperGRPOTrainer")
+        _refuse_input_conditions(hyper, "HyperGRPOTrainer")
         _refuse_packed_rows(args, "HyperGRPOTrainer")
         _refuse_outside_generation(args, kwargs)
         self._condition_columns = list(hyper.condition_names)

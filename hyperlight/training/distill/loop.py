@@ -126,6 +126,13 @@ def distill_adapters(
             f"hyper must be a HyperModel (get_hyper_model(base, HyperConfig(...))), got {type(hyper).__name__}"
         )
     hyper.require_loaded()
+    computed = [n for n, s in hyper.condition_encoder.specs.items() if s.type == "input"]
+    if computed:
+        raise ValueError(
+            f"distill_adapters maps each adapter to the condition values it was trained for, and {computed} are input "
+            "conditions (computed from each call's own input, not given per adapter); distill into a hyper model "
+            "whose conditions name the adapters (categorical, vector or text)"
+        )
     check_arguments(steps, lr, batch_size, match, weight_decay, seed)
     targets = hyper_targets(hyper)
     by_name = {t.name: t for t in targets}
