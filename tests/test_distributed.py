@@ -27,11 +27,11 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _run(command: list[str], out: Path) -> str:
+def _run(command: list[str], out: Path, steps: list[str] = STEPS) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [_free_port() if part == "PORT" else part for part in command]
     proc = subprocess.run(
-        [*command, "--out", str(out), *STEPS], capture_output=True, text=True, env=env, timeout=240, cwd=ROOT
+        [*command, "--out", str(out), *steps], capture_output=True, text=True, env=env, timeout=240, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -83,18 +83,18 @@ def _assert_trained_as_one(out: Path, single: Path) -> dict:
     return record
 
 
-def _assert_reloads_to_probe(out: Path, *, text: bool = False) -> None:
+def _assert_reloads_to_probe(out: Path, *, text: bool = False, from_input: bool = False) -> None:
     """The checkpoint in `out` reloads in this process onto a fresh base and gives the probe's logits that the
     launched run wrote (with `text`, the probe's tasks as descriptions)."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        from train_distributed import build_hyper, described, global_batch
+        from train_distributed import PROMPT, build_hyper, described, global_batch
     finally:
         sys.path.pop(0)
     from hyperlight import HyperModel
 
     reloaded = HyperModel.from_pretrained(build_hyper().unload(), out)
-    probe = global_batch(10_000)
+    probe = global_batch(10_000, prompt=PROMPT if from_input else 0)
     with torch.no_grad():
         logits = reloaded(**(described(probe) if text else probe)).logits
     torch.testing.assert_close(logits, load_file(out / "probe.safetensors")["logits"], atol=1e-5, rtol=1e-5)
@@ -129,3 +129,15 @@ def test_text_conditions_two_processes_equal_one_and_reload(single_text, tmp_pat
     _assert_trained_as_one(tmp_path, single_text)
     assert (tmp_path / "hyper_model.safetensors").stat().st_size < 5e6  # the encoder (90 MB) is never saved
     _assert_reloads_to_probe(tmp_path, text=True)
+
+
+def test_input_conditions_two_processes_equal_one_and_reload(tmp_path_factory, tmp_path):
+    """Weights from each prompt's own hidden state (an input condition) with a task id: DDP's two processes, each
+    pooling its own rows' prompts in the same forward, train the generator as one process does on the whole
+    batches, and the checkpoint reloads to the same outputs."""
+    single = tmp_path_factory.mktemp("single-input")
+    steps = ["--steps", "8", "--optimizer", "sgd", "--lr", "1.0"]  # one block of targets learns more slowly
+    _run([sys.executable, str(SCRIPT), "--input"], single, steps)
+    _run([*LAUNCHES["torchrun-ddp"], "--input"], tmp_path, steps)
+    _assert_trained_as_one(tmp_path, single)
+    _assert_reloads_to_probe(tmp_path, from_input=True)

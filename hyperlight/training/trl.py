@@ -74,6 +74,8 @@ class _ConditionColumns:
 
     def _keep_conditions(self, hyper: HyperModel) -> None:
         self._condition_columns = list(hyper.condition_names)
+        if not self._condition_columns:  # input conditions only: computed from each row, no column to keep
+            return
         if not isinstance(self.data_collator, HyperDataCollator):
             self.data_collator = HyperDataCollator(
                 self._condition_columns, collator=self.data_collator, repeat=self._rows_per_example
@@ -95,6 +97,14 @@ class HyperSFTTrainer(_ConditionColumns, trl.SFTTrainer):
     def __init__(self, model: HyperModel, args: Any = None, *rest: Any, **kwargs: Any) -> None:
         hyper = _require_hyper(model, "HyperSFTTrainer")
         _refuse_packed_rows(args, "HyperSFTTrainer")
+        if any(s.type == "input" for s in hyper.condition_encoder.specs.values()) and (
+            getattr(args, "completion_only_loss", None) is False
+        ):
+            raise ValueError(
+                "the hyper model's input conditions are computed from each example's prompt, which SFT marks by "
+                "giving the prompt's tokens no loss; completion_only_loss=False labels the prompt too. Leave "
+                "completion_only_loss at None or True and train on prompt/completion data"
+            )
         self._condition_columns = list(hyper.condition_names)
         super().__init__(hyper, args, *rest, **kwargs)
         self._keep_conditions(hyper)
