@@ -127,3 +127,22 @@ def test_the_benchmark_keeps_freed_memory_so_a_second_allocation_does_not_fault(
         counts[mode] = int(proc.stdout.split()[-1])
     # 5 steps of 88 MB written are ~110,000 pages of 4 KB (far fewer where transparent huge pages are always on)
     assert counts["as-is"] >= 100 and counts["keep"] <= counts["as-is"] // 10, counts
+
+
+def test_input_overhead_smoke_run_prints_every_model_and_row():
+    script = SCRIPT.parent / "input_overhead.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(script), "--size", "tiny", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert {(r[0].strip("| "), r[1]) for r in table} == {
+        (what, model)
+        for what in ("training step", "forward, no grad", "generate")
+        for model in ("categorical (task id)", "input (the prompt)", "input + task id", "PEFT LoRA (same modules)")
+    }
