@@ -120,7 +120,7 @@ def test_one_forward_equals_the_two_pass_reference_with_gradients():
     reference = torch.autograd.grad(reference_loss, params)
 
     torch.testing.assert_close(loss, reference_loss)
-    for p, a, b in zip(params, ours, reference):
+    for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     lower = dict(hyper.named_parameters())["_base.model.layers.0.mlp.down_proj.weight"]
     assert ours[[id(p) for p in params].index(id(lower))].abs().sum() > 0
