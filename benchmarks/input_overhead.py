@@ -117,7 +117,7 @@ def main() -> None:
             )
     tokens = size.batch * size.seq
     print(
-        f"Llama hidden {size.hidden}, {size.layers} layers, batch {size.batch} x {size.seq} ({tokens} tokens per step), "
+        f"Llama {size.hidden} wide, {size.layers} layers, batch {size.batch} x {size.seq} ({tokens} tokens a step), "
         f"generate {size.new_tokens} tokens from {size.seq // 2}; {repeats} repeats, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads\n"
     )
