@@ -468,15 +468,25 @@ def _per_row(weights: dict, batch: int | None, rows: int) -> dict:
     }
 
 
+def _without_sync(hyper, checked, rows):
+    from functools import partial
+
+    from hyperlight.plugin.weights import _cast, _generate_without_sync
+
+    cast = partial(_cast, hyper.targeted_modules, hyper.hyper_config.mode == "full")
+    return _generate_without_sync(hyper.condition_encoder, hyper.generator, cast, checked, rows)
+
+
 @pytest.mark.parametrize("tasks", [[2], [1, 1, 1, 1], [0, 3, 1, 3], [0, 1, 2, 3, 0, 1]])
 def test_generation_without_host_sync_gives_the_weights_of_the_deduplicating_path(tasks):
-    """On an accelerator `_generate` takes `_generate_without_sync` (no torch.unique); run both here and compare."""
+    """On an accelerator `conditioned_weights` takes `_generate_without_sync` (no torch.unique); run both here and
+    compare."""
     hyper = _hyper(BY_NAME["llama"]).eval()
     rows = len(tasks) if len(tasks) > 1 else 4
     given = torch.tensor(tasks)
     with torch.no_grad():
         want, want_batch = hyper._generate(rows, {"task": given})
-        got, got_batch = hyper._generate_without_sync(hyper.condition_encoder.check({"task": given}, rows), rows)
+        got, got_batch = _without_sync(hyper, hyper.condition_encoder.check({"task": given}, rows), rows)
     want, got_rows = _per_row(want, want_batch, rows), _per_row(got, got_batch, rows)
     assert want.keys() == got_rows.keys()
     assert all(torch.allclose(got_rows[k], want[k], atol=1e-6) for k in want)
@@ -491,7 +501,7 @@ def test_generation_without_host_sync_generates_each_row_for_non_categorical_con
     hyper.generator.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[0]))
     with torch.no_grad():
         want, _ = hyper._generate(3, values)
-        got, _ = hyper._generate_without_sync(hyper.condition_encoder.check(values, 3), 3)
+        got, _ = _without_sync(hyper, hyper.condition_encoder.check(values, 3), 3)
     assert rows == [2, 3]  # deduplicated on the CPU; every row without reading values back
     for target in want:
         for name in want[target]:

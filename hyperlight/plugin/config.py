@@ -119,8 +119,10 @@ class HyperConfig:
             suffixes (`["q_proj", "v_proj"]`); `"all-linear"`; or a preset `"attention"`, `"mlp"`,
             `"attention+mlp"` (per architecture).
         conditions: `{name: {"type": "categorical", "num": N} | {"type": "vector", "dim": D} |
-            {"type": "scalar", "range": [low, high]} | {"type": "text", "encoder": PATH_OR_NAME}}`, passed to
-            forward/generate as keyword arguments. Names are
+            {"type": "scalar", "range": [low, high]} | {"type": "text", "encoder": PATH_OR_NAME} |
+            {"type": "input", "layer": k, "pool": "mean" | "last"}}`, passed to forward/generate as keyword
+            arguments, except input conditions: computed from each example's prompt (the hidden state after `k`
+            blocks, pooled), for targets in blocks `k` and up. Names are
             Python identifiers (no keyword, no leading `_`, no attribute of `nn.ModuleDict` such as `forward` or
             `type`) that shadow no argument of the base model's forward or generate (GenerationConfig fields
             included). A scalar range is inclusive at both ends (for values rounded to float32).

@@ -161,6 +161,33 @@ class InputConditions:
     def describe(self) -> str:
         return ", ".join(f"{n} (layer {s.layer}, {s.pool} over the prompt)" for n, s in self.specs.items())
 
+    # -- what a caller gives ----------------------------------------------------------------------------
+
+    def refuse_given(self, given: Mapping[str, Any]) -> None:
+        named = [n for n in self.specs if n in given]
+        if named:
+            raise TypeError(
+                f"{named} are input conditions ({self.describe()}): computed from the call's own input, never given; "
+                f"remove {named[0]}=... (merge, export and conditioned(...) take prompt=... instead)"
+            )
+
+    def require_prompt(self, conditions: Mapping[str, Any], what: str) -> None:
+        if conditions.get("prompt") is None:
+            raise ValueError(
+                f"{what}: this model's weights depend on its input ({self.describe()}), so they need the prompt they "
+                "are computed from: pass prompt=tokenizer(text, return_tensors='pt') (or its input_ids)"
+            )
+
+    def with_prompt(
+        self, base: nn.Module, conditions: Mapping[str, Any], what: str, accepted: frozenset[str] | None
+    ) -> dict[str, Any]:
+        """`conditions` without their `prompt=`, plus the input conditions computed from it (the probe)."""
+        given = dict(conditions)
+        self.refuse_given(given)
+        self.require_prompt(given, what)
+        prompt = prompt_inputs(given.pop("prompt"), base.get_input_embeddings().weight.device)
+        return {**given, **self.probe(base, prompt, accepted)}
+
     # -- a call ----------------------------------------------------------------------------------------
 
     @contextmanager

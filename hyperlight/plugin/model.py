@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -24,19 +23,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..hypernet.conditions import ConditionSpec, first_rows
-from ..hypernetize import original_value
+from ..hypernet.conditions import ConditionSpec
 from ..nn.binding import BoundValues, Plan, bind, bound_values
 from ..nn.derived import reduce_derived
 from ..nn.module import HyperModule
 from . import planning, save_and_load, signature
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
-from .input_conditions import InputConditions, input_condition_names, prompt_inputs, resolve_input_dims
+from .input_conditions import InputConditions, input_condition_names, resolve_input_dims
 from .peft_export import enumerated_values, write_peft_adapter
 from .release import PretrainedState, refuse_quantized_merge, release_base, single_condition_values
 from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
 from .text import resolve_text_encoders, text_condition_names
+from .weights import conditioned_weights
 
 # the conditions of the enclosing `conditioned(...)` blocks, per hyper model: the default of calls that give none
 _BLOCK_CONDITIONS: ContextVar[Mapping[int, dict[str, Any]]] = ContextVar(
@@ -207,6 +206,7 @@ class HyperModel(nn.Module):
         trained `modules_to_save`). This hyper model is unusable afterwards. With input conditions, `prompt=`
         (token ids, or a tokenizer's output for one example) gives the input they are computed from."""
         self.require_loaded()
+        self._require_prompt(conditions, "merge_and_unload")
         refuse_quantized_merge(self._target_modules)
         return self._release(single_condition_values(self, conditions), keep_trained=True)
 
@@ -225,6 +225,7 @@ class HyperModel(nn.Module):
         Frobenius error of that approximation is reported.
         """
         self.require_loaded()
+        self._require_prompt(conditions, "export_peft_adapter")
         return write_peft_adapter(self, Path(save_directory), single_condition_values(self, conditions))
 
     def export_peft_adapters(
@@ -266,93 +267,25 @@ class HyperModel(nn.Module):
 
     def _with_input_conditions(self, conditions: Mapping[str, Any], what: str) -> dict[str, Any]:
         """The given conditions, plus the input conditions of their `prompt=` (run up to the conditions' layer)."""
-        given = dict(conditions)
         if self._inputs is None:
-            return given
-        self._refuse_given_inputs(given)
-        prompt = given.pop("prompt", None)
-        if prompt is None:
-            raise ValueError(
-                f"{what}: this model's weights depend on its input ({self._inputs.describe()}), so they need the "
-                "prompt they are computed from: pass prompt=tokenizer(text, return_tensors='pt') (or its input_ids)"
-            )
-        device = self._base.get_input_embeddings().weight.device
-        return {**given, **self._inputs.probe(self._base, prompt_inputs(prompt, device), self._base_keywords)}
+            return dict(conditions)
+        return self._inputs.with_prompt(self._base, conditions, what, self._base_keywords)
+
+    def _require_prompt(self, conditions: Mapping[str, Any], what: str) -> None:
+        if self._inputs is not None:
+            self._inputs.require_prompt(conditions, what)
 
     def _refuse_given_inputs(self, given: Mapping[str, Any]) -> None:
-        named = [n for n in self._inputs.specs if n in given] if self._inputs is not None else []
-        if named:
-            raise TypeError(
-                f"{named} are input conditions ({self._inputs.describe()}): computed from the call's own input, never "
-                f"given; remove {named[0]}=... (merge, export and conditioned(...) take prompt=... instead)"
-            )
+        if self._inputs is not None:
+            self._inputs.refuse_given(given)
 
     def _generate(
         self, batch_size: int | None, conditions: Mapping[str, Any]
     ) -> tuple[dict[str, dict[str, Tensor]], int | None]:
         """(weights, B): B is None when every row shares one condition and the weights are unbatched."""
-        checked = self.condition_encoder.check(conditions, batch_size)
-        rows = next(iter(checked.values())).shape[0]
-        if rows == 0:  # an empty batch: nothing to generate; the targets compute as the pretrained model would
-            return {}, None
-        if torch.compiler.is_compiling() or any(v.requires_grad for v in checked.values()):
-            # under torch.compile: no data-dependent shapes, so changing conditions never recompile;
-            # with conditions that require grad: no deduplication, every row gets its own gradient
-            return self._cast(self.generator(self.condition_encoder(checked)), None), rows
-        if next(iter(checked.values())).device.type != "cpu":
-            return self._generate_without_sync(checked, rows)
-        keys = torch.cat([v.reshape(v.shape[0], -1).to(torch.float64) for v in checked.values()], dim=1)  # (B, K)
-        unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-        if unique.shape[0] == keys.shape[0] > 1:  # all rows distinct: generate in batch order, nothing to gather
-            return self._cast(self.generator(self.condition_encoder(checked)), None), rows
-        first = first_rows(inverse, unique.shape[0])
-        z = self.condition_encoder({k: v[first] for k, v in checked.items()})  # (U, D)
-        if unique.shape[0] == 1:
-            return self._cast(self.generator(z), 0), None  # one condition: shared weights
-        return self._cast(self.generator(z), inverse), rows  # (U, ...) -> (B, ...)
-
-    def _generate_without_sync(
-        self, checked: Mapping[str, Tensor], rows: int
-    ) -> tuple[dict[str, dict[str, Tensor]], int | None]:
-        """`_generate` on an accelerator, where finding the distinct rows (`torch.unique`) would make the host wait
-        for the device. What is known without reading values decides instead: one value given for the whole batch
-        (an expanded tensor, stride 0) -> one generator row, shared; only categorical conditions with fewer than B
-        combinations -> every combination once, each row indexing its own; otherwise every row is generated (no
-        gathers: as cheap as the table when it would have as many rows)."""
-        if all(v.shape[0] == 1 or v.stride(0) == 0 for v in checked.values()):
-            z = self.condition_encoder({k: v[:1] for k, v in checked.items()})
-            return self._cast(self.generator(z), 0), None
-        specs = self.condition_encoder.specs
-        sizes = [specs[k].num if specs[k].type == "categorical" else None for k in checked]
-        if None in sizes or math.prod(sizes) >= rows:  # no fewer rows than the batch: generate it as it is
-            return self._cast(self.generator(self.condition_encoder(checked)), None), rows
-        device = next(iter(checked.values())).device
-        grids = torch.meshgrid(*[torch.arange(n, device=device) for n in sizes], indexing="ij")
-        table = {k: g.reshape(-1) for k, g in zip(checked, grids)}  # every combination, in row-major order
-        index = torch.zeros(rows, dtype=torch.long, device=device)
-        for k, n in zip(checked, sizes):
-            index = index * n + checked[k]
-        return self._cast(self.generator(self.condition_encoder(table)), index), rows
-
-    def _cast(
-        self, generated: dict[str, dict[str, Tensor]], pick: Tensor | int | None
-    ) -> dict[str, dict[str, Tensor]]:
-        """Pick the rows for the batch (None: as they are; an int: that one row; a tensor: gathered) and, in
-        full mode, cast to the dtype of the pretrained values (lora factors are cast where they are used)."""
-        out: dict[str, dict[str, Tensor]] = {}
-        for target, tensors in generated.items():
-            module = self._target_modules[target]
-            picked = {}
-            for name, value in tensors.items():
-                if isinstance(pick, int):
-                    value = value[pick]
-                elif pick is not None:
-                    value = value.index_select(0, pick)
-                if self._full_mode:
-                    value = value.to(original_value(module, name).dtype)
-                picked[name] = value
-            out[target] = picked
-        return out
+        return conditioned_weights(
+            self.condition_encoder, self.generator, self._target_modules, self._full_mode, batch_size, conditions
+        )
 
     def _bind(
         self,
