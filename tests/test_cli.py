@@ -337,3 +337,17 @@ def test_export_adapter_all_writes_one_adapter_per_value(saved, named, capsys):
     assert code == 2 and err.startswith("hyperlight: error: ") and not (named["root"] / "never").exists()
     code, _, err = _run([*both[:4], "--all", "task", "--condition", "task=sort", "--out", named["root"] / "x"], capsys)
     assert code == 2 and "'task' is both enumerated and fixed to 'sort'" in err
+
+
+def test_input_conditions_are_shown_and_their_merge_is_refused_with_the_python_call(saved, capsys, tmp_path):
+    config = hyper_config(CASE)
+    config.conditions = {"content": {"type": "input", "layer": 1}, "task": {"type": "categorical", "num": 3}}
+    config.layers_to_transform = [1]
+    get_hyper_model(CASE.build(), config).save_pretrained(tmp_path / "hyper")
+    code, text, _ = _run(["inspect", tmp_path / "hyper"], capsys)
+    assert code == 0 and "content" in text and "input" in text, text
+    for command in (["merge"], ["export-adapter"]):
+        args = [*command, tmp_path / "hyper", "--base", saved["base"], "--condition", "task=1", "--out", tmp_path / "o"]
+        code, _, err = _run(args, capsys)
+        assert code == 2 and "input conditions ['content']" in err and "merge_and_unload(prompt=" in err, err
+        assert not (tmp_path / "o").exists()

@@ -47,6 +47,8 @@ def describe_condition(name: str, spec: Mapping[str, Any]) -> str:
         return f"{name} (vector: a JSON list of {spec['dim']} numbers)"
     if kind == "text":
         return f"{name} (text: a string)"
+    if kind == "input":
+        return f"{name} (input: computed from each prompt's hidden state after {spec['layer']} block(s))"
     return f"{name} ({kind})"
 
 
@@ -111,6 +113,14 @@ def parse_conditions(
 ) -> dict[str, Any]:
     """`{name: value}` from `--condition NAME=VALUE` arguments: every condition of `specs` exactly once, but the
     `enumerated` one (every value of it is written: `export-adapter --all`), which must not be given."""
+    computed = [n for n, s in specs.items() if s.get("type") == "input"]
+    if computed:
+        raise ValueError(
+            f"this checkpoint's weights depend on each input (input conditions {computed}), so merging or exporting "
+            "fixes them for one prompt, which the command line does not take: in Python, "
+            "HyperModel.from_pretrained(base, CHECKPOINT).merge_and_unload(prompt=tokenizer(text, "
+            "return_tensors='pt'), ...) or .export_peft_adapter(DIR, prompt=..., ...)"
+        )
     takes = ", ".join(describe_condition(n, s) for n, s in specs.items())
     values: dict[str, Any] = {}
     for pair in pairs:
