@@ -347,7 +347,8 @@ def test_input_conditions_are_shown_and_their_merge_is_refused_with_the_python_c
     code, text, _ = _run(["inspect", tmp_path / "hyper"], capsys)
     assert code == 0 and "content" in text and "input" in text, text
     for command in (["merge"], ["export-adapter"]):
-        args = [*command, tmp_path / "hyper", "--base", saved["base"], "--condition", "task=1", "--out", tmp_path / "o"]
+        args = [*command, tmp_path / "hyper", "--base", saved["base"], "--condition", "task=1"]
+        args += ["--out", tmp_path / "o"]
         code, _, err = _run(args, capsys)
         assert code == 2 and "input conditions ['content']" in err and "merge_and_unload(prompt=" in err, err
         assert not (tmp_path / "o").exists()

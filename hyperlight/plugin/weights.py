@@ -56,8 +56,8 @@ def conditioned_weights(
 def _generate_without_sync(
     encoder: ConditionEncoder, generator: nn.Module, cast: Callable, checked: Mapping[str, Tensor], rows: int
 ) -> tuple[dict[str, dict[str, Tensor]], int | None]:
-    """`conditioned_weights` on an accelerator, where finding the distinct rows (`torch.unique`) would make the host wait
-    for the device. What is known without reading values decides instead: one value given for the whole batch
+    """`conditioned_weights` on an accelerator, where finding the distinct rows (`torch.unique`) would make the host
+    wait for the device. What is known without reading values decides instead: one value given for the whole batch
     (an expanded tensor, stride 0) -> one generator row, shared; only categorical conditions with fewer than B
     combinations -> every combination once, each row indexing its own; otherwise every row is generated (no
     gathers: as cheap as the table when it would have as many rows)."""
