@@ -461,3 +461,14 @@ def test_trl_sft_trains_from_each_prompt(tmp_path):
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses[-1] < losses[0]
+
+
+def test_given_conditions_are_checked_before_the_lower_blocks_run():
+    hyper = _hyper()
+    calls = []
+    hyper.get_base_model().model.embed_tokens.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(TypeError, match=r"missing condition\(s\) \['task'\]"):
+        hyper(input_ids=_ids(2, 5))
+    with pytest.raises(ValueError, match="has no value 'sotr'"):
+        hyper(input_ids=_ids(2, 5), task="sotr")
+    assert calls == []

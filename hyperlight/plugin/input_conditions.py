@@ -163,6 +163,10 @@ class InputConditions:
 
     # -- what a caller gives ----------------------------------------------------------------------------
 
+    def stand_ins(self, device: torch.device) -> dict[str, Tensor]:
+        """One zero vector per input condition: what checking the given conditions needs before the forward."""
+        return {n: torch.zeros(1, s.dim, device=device) for n, s in self.specs.items()}
+
     def refuse_given(self, given: Mapping[str, Any]) -> None:
         named = [n for n in self.specs if n in given]
         if named:

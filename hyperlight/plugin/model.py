@@ -407,6 +407,8 @@ class HyperModel(nn.Module):
                 "gradient_checkpointing_kwargs={'use_reentrant': False}, or freeze those layers"
             )
         mask = self._inputs.call_mask(args, kwargs, prompt_mask)
+        # the given conditions are checked before the base runs (the input ones, which stand in here, in the hook)
+        self.condition_encoder.check({**conditions, **self._inputs.stand_ins(mask.device)}, mask.shape[0])
         with ExitStack() as bound:  # the hook at the conditions' layer binds the weights here, for the rest of it
 
             def generated(pooled: dict[str, Tensor]) -> None:
