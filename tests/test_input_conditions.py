@@ -472,3 +472,162 @@ def test_given_conditions_are_checked_before_the_lower_blocks_run():
     with pytest.raises(ValueError, match="has no value 'sotr'"):
         hyper(input_ids=_ids(2, 5), task="sotr")
     assert calls == []
+
+
+# -- from the adversarial review: each a silent wrong result or a misleading error before its mend --------------
+
+
+def test_a_cached_decoding_step_is_refused_not_computed_from_the_new_token():
+    hyper = _hyper(task=False)
+    prompt = _ids(1, 6)
+    with torch.no_grad():
+        out = hyper(input_ids=prompt, use_cache=True)
+        with pytest.raises(ValueError, match="continues from a cache of earlier tokens"):
+            hyper(input_ids=prompt[:, -1:], past_key_values=out.past_key_values)
+        # decoding by hand: the prompt's weights bound for the base model's cached steps
+        with hyper.conditioned(prompt=prompt):
+            base = hyper.get_base_model()
+            first = base(input_ids=prompt, use_cache=True)
+            step = base(input_ids=first.logits[:, -1:].argmax(-1), past_key_values=first.past_key_values).logits
+        generated = hyper.generate(
+            input_ids=prompt, max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+    torch.testing.assert_close(step[:, -1], generated.logits[1], atol=1e-5, rtol=1e-5)
+
+
+def test_the_prompt_survives_a_trainer_that_takes_the_labels_out(tmp_path):
+    """Label smoothing (or compute_loss_func) makes Trainer pop the labels before calling the model: a collator with
+    prompt_mask=True keeps each row's prompt; a training forward without either warns."""
+    from hyperlight.training import HyperDataCollator
+
+    hyper = _hyper(task=False)
+    ids = _ids(2, 8)
+    labels = ids.clone()
+    labels[0, :3], labels[1, :5] = -100, -100
+    collate = HyperDataCollator([], prompt_mask=True)
+    batch = collate([{"input_ids": i, "labels": lab} for i, lab in zip(ids.tolist(), labels.tolist())])
+    assert batch["prompt_mask"].tolist() == [[1] * 3 + [0] * 5, [1] * 5 + [0] * 3]
+    hyper.train()
+    with Seen(hyper) as seen:
+        hyper(input_ids=ids, labels=labels)
+        hyper(input_ids=ids, prompt_mask=batch["prompt_mask"])  # what the model gets once the labels are popped
+        with pytest.warns(UserWarning, match="neither labels nor prompt_mask"):
+            hyper(input_ids=ids)
+    torch.testing.assert_close(seen.calls[1], seen.calls[0])
+    assert not torch.allclose(seen.calls[2], seen.calls[0])
+    with pytest.raises(KeyError, match="no \\(B, T\\) labels"):
+        collate([{"input_ids": [1, 2]}])
+
+
+def test_generate_without_an_attention_mask_leaves_padding_out_as_generate_does():
+    hyper = _hyper(task=False)
+    prompt = _ids(1, 5)
+    left = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], 1)  # pad_token_id 0, not the eos
+    with torch.no_grad():
+        masked = hyper.generate(input_ids=left, attention_mask=(left != 0).long(), max_new_tokens=4, do_sample=False)
+        inferred = hyper.generate(input_ids=left, max_new_tokens=4, do_sample=False)
+    assert inferred.tolist() == masked.tolist()
+
+
+def _bert(layer: int):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
+    ).eval()
+    config = HyperConfig(
+        target_modules=["query", "value"],
+        layers_to_transform=list(range(min(layer, 2), 3)),
+        conditions={"content": {"type": "input", "layer": layer}},
+    )
+    hyper = get_hyper_model(bert, config)
+    with torch.no_grad():
+        for p in hyper.generator.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return hyper
+
+
+def test_the_prompt_keeps_its_token_type_ids():
+    hyper = _bert(1)
+    ids, types = _ids(1, 7), torch.tensor([[0, 0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        expected = hyper(input_ids=ids, token_type_ids=types).logits
+        with hyper.conditioned(prompt={"input_ids": ids, "token_type_ids": types}):
+            inside = hyper.get_base_model()(input_ids=ids, token_type_ids=types).logits
+        merged = hyper.merge_and_unload(prompt={"input_ids": ids[0], "token_type_ids": types[0]})
+        torch.testing.assert_close(inside, expected)
+        torch.testing.assert_close(merged(input_ids=ids, token_type_ids=types).logits, expected)
+
+
+@pytest.mark.parametrize("layer", [0, 3])
+def test_layer_0_is_hidden_states_0_and_the_top_layer_the_last_blocks_output(layer):
+    """Layer 0 is what the first block reads (GPT-2: token and position embeddings; it also works from
+    inputs_embeds); the top layer is the last block's output, before the final norm."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64)).eval()
+    targets = "lm_head" if layer == 3 else r".*\.c_attn"
+    hyper = get_hyper_model(
+        base, HyperConfig(target_modules=targets, conditions={"content": {"type": "input", "layer": layer}})
+    )
+    ids = _ids(2, 6)
+    with torch.no_grad():
+        states = []
+        hook = base.transformer.h[min(layer, 2)].register_forward_hook(
+            lambda m, a, out: states.append((a[0] if layer == 0 else out[0] if isinstance(out, tuple) else out))
+        )
+        base(input_ids=ids)
+        hook.remove()
+        expected = hyper.condition_encoder.check({"content": states[0].mean(1)}, 2)["content"]
+        if layer == 0:
+            torch.testing.assert_close(states[0], base(input_ids=ids, output_hidden_states=True).hidden_states[0])
+        pooled = hyper._inputs.probe(base, {"input_ids": ids}, None)["content"]
+        torch.testing.assert_close(pooled, expected)
+        embeds = base.transformer.wte(ids)
+        torch.testing.assert_close(
+            hyper(inputs_embeds=embeds).logits, hyper(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_a_target_that_runs_before_the_blocks_is_refused_at_run_time():
+    from types import SimpleNamespace
+
+    class Odd(nn.Module):  # `pre` is registered after the blocks, and runs before them
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = SimpleNamespace(hidden_size=8)
+            self.embed = nn.Embedding(VOCAB, 8)
+            self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+            self.pre = nn.Linear(8, 8)
+
+        def get_input_embeddings(self) -> nn.Module:
+            return self.embed
+
+        def forward(self, input_ids, attention_mask=None):
+            h = self.pre(self.embed(input_ids))
+            for layer in self.layers:
+                h = layer(h)
+            return h
+
+    hyper = get_hyper_model(
+        Odd(), HyperConfig(target_modules=["pre", "layers.1"], conditions={"content": {"type": "input", "layer": 1}})
+    )
+    with pytest.raises(RuntimeError, match="ran before the hidden state of the input conditions"):
+        hyper(input_ids=_ids(2, 4))
+
+
+def test_continuous_batching_is_not_handed_to_the_pretrained_base():
+    hyper = _hyper()
+    for name in ("generate_batch", "init_continuous_batching"):
+        assert not hasattr(hyper, name)
+        with pytest.raises(AttributeError, match="pretrained weights; use hyper.generate"):
+            getattr(hyper, name)
+
+
+def test_merge_names_a_prompt_of_several_rows():
+    hyper = _hyper()
+    with pytest.raises(ValueError, match="prompt= holds 2 examples \\(rows\\), expected 1"):
+        hyper.merge_and_unload(prompt=_ids(2, 4), task="copy")
+    assert hyper(input_ids=_ids(1, 4), task="copy").logits.shape == (1, 4, VOCAB)  # the failed merge changed nothing

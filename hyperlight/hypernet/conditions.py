@@ -329,9 +329,11 @@ class ConditionEncoder(nn.Module):
                 parts.append(f"missing condition(s) {missing}")
             if extra:
                 parts.append(f"unexpected condition(s) {extra}")
+            given = ", ".join(f"{n} ({s.type})" for n, s in self.specs.items() if s.type != "input")
+            computed = [n for n, s in self.specs.items() if s.type == "input"]
+            also = f" (and computes {computed} from the input)" if computed else ""
             raise TypeError(
-                f"{' and '.join(parts)}; this model takes {self.describe()} as keyword arguments, "
-                "one value per example"
+                f"{' and '.join(parts)}; this model takes {given} as keyword arguments, one value per example{also}"
             )
         device = next(self.parameters()).device
         checked = {

@@ -1,11 +1,13 @@
 """Input conditions: weights generated from the input itself (Hyperdecoders-style), in the call's own forward.
 
-`{"type": "input", "layer": k, "pool": "mean"}` is the base model's hidden state after k blocks (Transformers'
-`hidden_states[k]`: 0 is the input embeddings, k the output of block k-1), pooled over each example's prompt. A
-forward hook on the module that outputs it pools the prompt, generates every target's weights and binds them for
-the rest of the call: every target sits in a block at index k or above (checked at build), so none has run yet,
-and the lower blocks run once. `generate`, merging and export run the prompt up to layer k once (a probe that
-stops there) and bind the weights for the whole call, so generated tokens never change them.
+`{"type": "input", "layer": k, "pool": "mean"}` is the base model's hidden state after k blocks, pooled over each
+example's prompt: the input of block k (Transformers' `hidden_states[k]`: for k = 0 the embeddings, positions and
+embedding norm included), or for k = the number of blocks the last block's output (before the model's final norm,
+which `hidden_states[-1]` includes). A hook on that block pools the prompt, generates every target's weights and
+binds them for the rest of the call: every target sits in a block at index k or above (checked at build, and at run
+time for targets outside the blocks), so none has run yet, and the lower blocks run once. `generate`, merging and
+export run the prompt up to layer k once (a probe that stops there) and bind the weights for the whole call, so
+generated tokens never change them.
 
 The prompt of an example is its attended tokens (`attention_mask`) and, for a causal LM given token `labels`, only
 those before its first labelled token (label != -100): a completion-only loss trains the completion, and what comes
@@ -16,6 +18,7 @@ token sees a later one, so the pooled prompt never depends on the completion, on
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -139,9 +142,14 @@ class InputConditions:
                 f"run from 0 (the input embeddings) to {len(blocks)} (the output of the last block)"
             )
         _check_targets_above(model, blocks_name, blocks, targets, self.specs, top)
+        # layer k < L: the input of block k (a pre-hook); layer L: the output of the last block (a hook)
         self.layer_modules: dict[int, nn.Module] = {
-            s.layer: embeddings if s.layer == 0 else blocks[s.layer - 1] for s in self.specs.values()
+            s.layer: blocks[min(s.layer, len(blocks) - 1)] for s in self.specs.values()
         }
+        self._reads_output = {s.layer: s.layer == len(blocks) for s in self.specs.values()}
+        # targets outside the blocks run where the module order says; a hook refuses one that runs too early
+        modules = dict(model.named_modules())
+        self._outside = [modules[t] for t in targets if not t.startswith(f"{blocks_name}.")]
         # what the generator's gradient would reach under reentrant checkpointing, where it cannot (see `hyper`)
         lower = [embeddings, *blocks[:top]]
         self.lower_parameters = [p for m in lower for p in m.parameters()]
@@ -150,8 +158,13 @@ class InputConditions:
         self._handles: list[Any] = []
 
     def attach(self) -> None:
-        for module in self.layer_modules.values():
-            self._handles.append(module.register_forward_hook(self._on_layer_output))
+        for layer, module in self.layer_modules.items():
+            if self._reads_output[layer]:
+                self._handles.append(module.register_forward_hook(self._on_layer_output))
+            else:
+                self._handles.append(module.register_forward_pre_hook(self._on_layer_input, with_kwargs=True))
+        for module in self._outside:
+            self._handles.append(module.register_forward_pre_hook(self._refuse_early_target))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -183,14 +196,24 @@ class InputConditions:
             )
 
     def with_prompt(
-        self, base: nn.Module, conditions: Mapping[str, Any], what: str, accepted: frozenset[str] | None
+        self,
+        base: nn.Module,
+        conditions: Mapping[str, Any],
+        what: str,
+        accepted: frozenset[str] | None,
+        rows: int | None = None,
     ) -> dict[str, Any]:
-        """`conditions` without their `prompt=`, plus the input conditions computed from it (the probe)."""
+        """`conditions` without their `prompt=`, plus the input conditions computed from it (the probe); `rows`: how
+        many examples the prompt must hold, where the caller knows."""
         given = dict(conditions)
         self.refuse_given(given)
         self.require_prompt(given, what)
-        prompt = prompt_inputs(given.pop("prompt"), base.get_input_embeddings().weight.device)
-        return {**given, **self.probe(base, prompt, accepted)}
+        prompt = prompt_inputs(given.pop("prompt"), next(base.parameters()).device)
+        pooled = self.probe(base, prompt, accepted)
+        count = next(iter(pooled.values())).shape[0] if pooled else 0
+        if rows is not None and count != rows:
+            raise ValueError(f"{what}: prompt= holds {count} examples (rows), expected {rows}")
+        return {**given, **pooled}
 
     # -- a call ----------------------------------------------------------------------------------------
 
@@ -218,22 +241,43 @@ class InputConditions:
                 "the prompt)?"
             )
 
+    def _on_layer_input(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("hidden_states")
+        self._read(module, hidden, output=False)
+
     def _on_layer_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._read(module, output if isinstance(output, Tensor) else output[0], output=True)
+
+    def _refuse_early_target(self, module: nn.Module, args: Any) -> None:
+        call = _CALLS.get().get(id(self))
+        if call is not None and not call.done:
+            raise RuntimeError(
+                f"a target ({type(module).__name__}) ran before the hidden state of the input conditions "
+                f"({self.describe()}) existed, so it would compute without its generated weights; this model runs a "
+                "module registered after its blocks before them. Leave that module out of target_modules"
+            )
+
+    def _read(self, module: nn.Module, hidden: Any, *, output: bool) -> None:
         call = _CALLS.get().get(id(self))
         if call is None or call.done:
             return  # the base called outside a call, a recompute during backward, or this call's weights are bound
-        hidden = output if isinstance(output, Tensor) else output[0]
+        if not isinstance(hidden, Tensor):
+            raise RuntimeError(
+                f"input conditions read the hidden states going into {type(module).__name__}, and found "
+                f"{type(hidden).__name__} (expected a tensor as its first argument or hidden_states=)"
+            )
         if call.detach:
             hidden = hidden.detach()
         with torch.set_grad_enabled(call.grad):
             for name, spec in self.specs.items():
-                if self.layer_modules[spec.layer] is module and name not in call.pooled:
+                here = self.layer_modules[spec.layer] is module and self._reads_output[spec.layer] == output
+                if here and name not in call.pooled:
                     call.pooled[name] = pool(hidden, call.mask, spec.pool, name, spec.layer)
             if len(call.pooled) == len(self.specs):
                 call.done = True
                 call.on_ready(dict(call.pooled))
 
-    def call_mask(self, args: tuple, kwargs: Mapping[str, Any], prompt_mask: Any) -> Tensor:
+    def call_mask(self, args: tuple, kwargs: Mapping[str, Any], prompt_mask: Any, *, training: bool) -> Tensor:
         """The prompt tokens (B, T) of a forward call of the base model with `args`/`kwargs`."""
         given = dict(kwargs)
         if args:
@@ -241,7 +285,24 @@ class InputConditions:
         for key in ("cu_seq_lens_q", "cu_seq_lens_k"):
             if given.get(key) is not None:
                 raise NotImplementedError(_PACKED)
+        cache = given.get("past_key_values")
+        if cache is not None and callable(getattr(cache, "get_seq_length", None)) and cache.get_seq_length() > 0:
+            raise ValueError(
+                "this call continues from a cache of earlier tokens, so it cannot see the prompt its input conditions "
+                f"({self.describe()}) are computed from; generate with hyper.generate(...), which fixes the weights "
+                "from the prompt for every step, or decode by hand inside `with hyper.conditioned(prompt=...)`, "
+                "calling the base model (hyper.get_base_model())"
+            )
         labels = given.get("labels") if self.causal and prompt_mask is None else None
+        if training and self.causal and labels is None and prompt_mask is None and torch.is_grad_enabled():
+            warnings.warn(
+                "a training forward of a causal LM with input conditions got neither labels nor prompt_mask, so every "
+                "attended token counts as the prompt, completions included. A Trainer takes the labels out when "
+                "label_smoothing_factor or compute_loss_func is set: collate with "
+                "HyperDataCollator(..., prompt_mask=True), which keeps each row's prompt",
+                UserWarning,
+                stacklevel=4,
+            )
         return prompt_tokens(given, labels=labels, prompt_mask=prompt_mask)
 
     def probe(self, base: nn.Module, inputs: Mapping[str, Any], accepted: frozenset[str] | None) -> dict[str, Tensor]:
@@ -250,6 +311,10 @@ class InputConditions:
         given = {k: v for k, v in inputs.items() if v is not None}
         mask = prompt_tokens(given, labels=None, prompt_mask=given.pop("prompt_mask", None))
         call = {k: given[k] for k in ("input_ids", "inputs_embeds", "attention_mask") if k in given}
+        for key, value in given.items():  # per-token inputs the base takes (token_type_ids, ...), as the call has them
+            per_token = isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == tuple(mask.shape)
+            if key not in call and key not in ("position_ids", "labels") and per_token and _takes(accepted, key):
+                call[key] = value
         attention = call.get("attention_mask")
         if isinstance(attention, Tensor) and attention.dim() == 2 and _takes(accepted, "position_ids"):
             # positions as `generate` computes them: a left-padded prompt's first real token is at position 0
@@ -316,10 +381,7 @@ def prompt_tokens(given: Mapping[str, Any], *, labels: Any, prompt_mask: Any) ->
         mask &= prompt_mask.to(mask.device) != 0
         why = "prompt_mask marks none of their attended tokens"
     elif isinstance(labels, Tensor) and tuple(labels.shape) == size:
-        labelled = (labels.to(mask.device) != IGNORE_INDEX) & mask
-        index = torch.arange(size[1], device=mask.device)
-        first = torch.where(labelled, index, size[1]).amin(-1, keepdim=True)  # T where a row has no label
-        mask &= index < first
+        mask &= prompt_mask_from_labels(labels, mask).to(mask.device) != 0
         why = (
             "a causal LM given labels takes as the prompt the attended tokens before the first labelled one (label != "
             "-100), and these rows label their first token. Mask the prompt's labels with -100 (a completion-only "
@@ -329,6 +391,17 @@ def prompt_tokens(given: Mapping[str, Any], *, labels: Any, prompt_mask: Any) ->
         why = "they have no attended token (attention_mask is all 0)"
     _refuse_rows(~mask.any(-1), f"have no prompt token: {why}", lambda rows: ValueError(rows))
     return mask
+
+
+def prompt_mask_from_labels(labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """(B, T) int64: 1 on each row's prompt, the attended tokens before its first labelled one (label != -100)."""
+    attended = labels.new_ones(labels.shape, dtype=torch.bool)
+    if attention_mask is not None:
+        attended = attention_mask.to(labels.device) != 0
+    labelled = (labels != IGNORE_INDEX) & attended
+    index = torch.arange(labels.shape[-1], device=labels.device)
+    first = torch.where(labelled, index, labels.shape[-1]).amin(-1, keepdim=True)  # T where a row has no label
+    return (attended & (index < first)).long()
 
 
 def _refuse_rows(bad: Tensor, message: str, error: Callable[[str], Exception]) -> None:
@@ -404,6 +477,7 @@ def prompt_inputs(prompt: Any, device: torch.device) -> dict[str, Any]:
     inputs on `device`."""
     if isinstance(prompt, Mapping):
         inputs = {k: prompt.get(k) for k in ("input_ids", "attention_mask", "inputs_embeds")}
+        inputs |= {k: v.to(device) for k, v in prompt.items() if k not in inputs and isinstance(v, Tensor)}
     else:
         inputs = {"input_ids": prompt, "attention_mask": None, "inputs_embeds": None}
     for key in ("input_ids", "attention_mask"):
@@ -423,8 +497,29 @@ def prompt_inputs(prompt: Any, device: torch.device) -> dict[str, Any]:
                 f"shape {tuple(value.shape)}"
             )
         inputs[key] = value.unsqueeze(0) if value.dim() == 1 else value
+    if isinstance(prompt, Mapping) and getattr(prompt.get("input_ids"), "ndim", 2) == 1:  # one example, unbatched
+        inputs |= {
+            k: v.unsqueeze(0)
+            for k, v in inputs.items()
+            if k not in ("input_ids", "attention_mask") and isinstance(v, Tensor) and v.dim() == 1
+        }
     if inputs["input_ids"] is None and inputs["inputs_embeds"] is None:
         raise TypeError(
             f"prompt must be token ids or a tokenizer's output holding input_ids, got {type(prompt).__name__}"
         )
     return inputs
+
+
+def generation_attention_mask(base: nn.Module, input_ids: Tensor, kwargs: Mapping[str, Any]) -> Tensor | None:
+    """The attention mask `generate` infers when none is given: padding tokens (`pad_token_id`, when it is in the
+    input and is not the end-of-sequence token) are left out; otherwise None (every token counts)."""
+    config = kwargs.get("generation_config") or getattr(base, "generation_config", None)
+    pad = kwargs.get("pad_token_id", getattr(config, "pad_token_id", None))
+    eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+    if pad is None or not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+        return None
+    pads = torch.as_tensor(pad, device=input_ids.device).reshape(-1)
+    eoses = torch.as_tensor([] if eos is None else eos, device=input_ids.device).reshape(-1)
+    if not bool(torch.isin(input_ids, pads).any()) or bool(torch.isin(eoses, pads).any()):
+        return None
+    return (~torch.isin(input_ids, pads)).long()

@@ -30,7 +30,12 @@ from ..nn.module import HyperModule
 from . import planning, save_and_load, signature
 from .checkpointing import GradientSink, bind_checkpointing, unbind_checkpointing, uses_reentrant_checkpointing
 from .config import HyperConfig
-from .input_conditions import InputConditions, input_condition_names, resolve_input_dims
+from .input_conditions import (
+    InputConditions,
+    generation_attention_mask,
+    input_condition_names,
+    resolve_input_dims,
+)
 from .peft_export import enumerated_values, write_peft_adapter
 from .release import PretrainedState, refuse_quantized_merge, release_base, single_condition_values
 from .replaced_forward import REPLACED, bind_replaced_forward, unbind_replaced_forward
@@ -41,6 +46,8 @@ from .weights import conditioned_weights
 _BLOCK_CONDITIONS: ContextVar[Mapping[int, dict[str, Any]]] = ContextVar(
     "hyperlight_block_conditions", default=MappingProxyType({})
 )
+# the base model's methods that generate outside `forward`/`generate` (continuous batching): never handed through
+_OUTSIDE_THE_CALL = frozenset({"generate_batch", "init_continuous_batching", "continuous_batching_context_manager"})
 # bound to every target inside `disable_adapter()`: no values, so the targets compute as the pretrained model
 ADAPTER_DISABLED = BoundValues()
 
@@ -237,7 +244,7 @@ class HyperModel(nn.Module):
         `{value: {module: relative error}}`."""
         self.require_loaded()
         name, values = enumerated_values(self.condition_encoder.specs, condition, conditions)
-        fixed = self._with_input_conditions(conditions, "export_peft_adapters")
+        fixed = self._with_input_conditions(conditions, "export_peft_adapters", 1)
         self.condition_encoder.check({**fixed, name: 0}, 1)  # the fixed conditions, before anything is written
         directory = Path(save_directory)
         return {
@@ -263,13 +270,15 @@ class HyperModel(nn.Module):
         `prompt=` (token ids or a tokenizer's output, one row per example) gives the input they are computed from.
         """
         self.require_loaded()
-        return self._generate(batch_size, self._with_input_conditions(conditions, "generate_weights"))[0]
+        return self._generate(batch_size, self._with_input_conditions(conditions, "generate_weights", batch_size))[0]
 
-    def _with_input_conditions(self, conditions: Mapping[str, Any], what: str) -> dict[str, Any]:
+    def _with_input_conditions(
+        self, conditions: Mapping[str, Any], what: str, rows: int | None = None
+    ) -> dict[str, Any]:
         """The given conditions, plus the input conditions of their `prompt=` (run up to the conditions' layer)."""
         if self._inputs is None:
             return dict(conditions)
-        return self._inputs.with_prompt(self._base, conditions, what, self._base_keywords)
+        return self._inputs.with_prompt(self._base, conditions, what, self._base_keywords, rows)
 
     def _require_prompt(self, conditions: Mapping[str, Any], what: str) -> None:
         if self._inputs is not None:
@@ -323,7 +332,7 @@ class HyperModel(nn.Module):
                 "would each walk into the generator); call hyper(...) instead, use "
                 "gradient_checkpointing_kwargs={'use_reentrant': False}, or wrap the block in torch.no_grad()"
             )
-        full = self._with_input_conditions(conditions, "conditioned(...)")
+        full = self._with_input_conditions(conditions, "conditioned(...)", batch_size)
         bind_checkpointing(self._checkpointable)
         defaults = _BLOCK_CONDITIONS.get()
         # calls of this model inside the block take these (their input conditions come from their own input)
@@ -406,7 +415,7 @@ class HyperModel(nn.Module):
                 "gradient could not reach the trainable layers below the input conditions' layer; use "
                 "gradient_checkpointing_kwargs={'use_reentrant': False}, or freeze those layers"
             )
-        mask = self._inputs.call_mask(args, kwargs, prompt_mask)
+        mask = self._inputs.call_mask(args, kwargs, prompt_mask, training=self.training)
         # the given conditions are checked before the base runs (the input ones, which stand in here, in the hook)
         self.condition_encoder.check({**conditions, **self._inputs.stand_ins(mask.device)}, mask.shape[0])
         with ExitStack() as bound:  # the hook at the conditions' layer binds the weights here, for the rest of it
@@ -453,7 +462,10 @@ class HyperModel(nn.Module):
             prompt = {k: kwargs.get(k) for k in ("input_ids", "attention_mask", "inputs_embeds")}
             if prompt["input_ids"] is None:
                 prompt["input_ids"] = kwargs.get("inputs", args[0] if args else None)
-            prompt["prompt_mask"] = prompt_mask
+            if prompt["attention_mask"] is None:  # as generate infers it: padding never counts
+                prompt["attention_mask"] = generation_attention_mask(self._base, prompt["input_ids"], kwargs)
+            per_token = {k: v for k, v in kwargs.items() if k not in prompt and isinstance(v, Tensor)}
+            prompt |= {"prompt_mask": prompt_mask, **per_token}  # the probe keeps those the base takes per token
             conditions = {**conditions, **self._inputs.probe(self._base, prompt, self._base_keywords)}
         expand = signature.generation_expansion(self._base, kwargs)  # beams reuse their row's weights
         with bind(self._bind(signature.batch_size_of(args, kwargs), conditions, expand=expand)):
@@ -480,6 +492,12 @@ class HyperModel(nn.Module):
         except AttributeError:
             if name == "_base":
                 raise
+        if name in _OUTSIDE_THE_CALL:  # they would run the pretrained weights (no call of this model binds any)
+            raise AttributeError(
+                f"{name} (Transformers' continuous batching) runs the base model outside any call of this hyper "
+                "model, so it would generate with the pretrained weights; use hyper.generate(...), which takes "
+                "per-example conditions"
+            )
         base = self._base
         try:
             return getattr(base, name)

@@ -115,7 +115,7 @@ def enumerated_values(
         condition = categorical[0]
     spec = specs.get(condition)
     if spec is None or spec.type != "categorical":
-        kind = "no condition" if spec is None else f"a {spec.type} condition"
+        kind = "no condition" if spec is None else f"{'an' if spec.type == 'input' else 'a'} {spec.type} condition"
         which = f"one of the categorical conditions {categorical}" if categorical else "a categorical condition"
         raise ValueError(f"condition={condition!r} is {kind}; give {which}, and leave it out of the fixed ones")
     if condition in fixed:

@@ -18,6 +18,10 @@ class HyperDataCollator:
     `repeat=k` tiles the conditions k times along the batch, for collators that make k rows of each example in
     k blocks (TRL's preference collator: all chosen rows, then all rejected rows, so `repeat=2`).
 
+    `prompt_mask=True` (for a model with input conditions) adds each row's prompt, the attended tokens before its
+    first labelled one, as a `prompt_mask` column: it stays in the batch when a trainer takes the labels out before
+    calling the model (`label_smoothing_factor`, `compute_loss_func`). `conditions` may then be empty.
+
     >>> collate = HyperDataCollator(["task"])
     >>> batch = collate([{"input_ids": [1, 2], "task": 0}, {"input_ids": [3, 4], "task": 2}])
     >>> batch["task"], batch["input_ids"].shape
@@ -31,14 +35,16 @@ class HyperDataCollator:
         *,
         tokenizer: Any = None,
         repeat: int = 1,
+        prompt_mask: bool = False,
     ) -> None:
-        if isinstance(conditions, str) or not conditions:
+        if isinstance(conditions, str) or not isinstance(conditions, Sequence) or not (conditions or prompt_mask):
             raise TypeError(f"conditions must be a non-empty list of column names, got {conditions!r}")
         if collator is not None and tokenizer is not None:
             raise ValueError("give either collator= or tokenizer=, not both")
         if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
             raise ValueError(f"repeat must be a positive int (the rows made of each example), got {repeat!r}")
         self.conditions = list(conditions)
+        self.prompt_mask = bool(prompt_mask)
         self.repeat = repeat
         self.collator = collator
         self.tokenizer = tokenizer
@@ -76,6 +82,15 @@ class HyperDataCollator:
                     else stacked.repeat(self.repeat, *[1] * (stacked.dim() - 1))
                 )
             batch[name] = stacked
+        if self.prompt_mask:
+            if not isinstance(batch.get("labels"), torch.Tensor) or batch["labels"].dim() != 2:
+                raise KeyError(
+                    "prompt_mask=True marks each row's prompt by its labels (the tokens before the first labelled "
+                    f"one), and this batch has no (B, T) labels (keys: {sorted(batch)}); give the collator labels"
+                )
+            from ..plugin.input_conditions import prompt_mask_from_labels
+
+            batch["prompt_mask"] = prompt_mask_from_labels(batch["labels"], batch.get("attention_mask"))
         return batch
 
 

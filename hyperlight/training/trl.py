@@ -74,11 +74,15 @@ class _ConditionColumns:
 
     def _keep_conditions(self, hyper: HyperModel) -> None:
         self._condition_columns = list(hyper.condition_names)
-        if not self._condition_columns:  # input conditions only: computed from each row, no column to keep
-            return
+        # input conditions read each row's prompt from its labels; a prompt_mask column keeps it when TRL takes the
+        # labels out before calling the model (label smoothing, a custom loss)
+        computed = any(s.type == "input" for s in hyper.condition_encoder.specs.values())
         if not isinstance(self.data_collator, HyperDataCollator):
             self.data_collator = HyperDataCollator(
-                self._condition_columns, collator=self.data_collator, repeat=self._rows_per_example
+                self._condition_columns,
+                collator=self.data_collator,
+                repeat=self._rows_per_example,
+                prompt_mask=computed,
             )
 
     def _set_signature_columns_if_needed(self) -> None:
