@@ -576,7 +576,7 @@ def test_layer_0_is_hidden_states_0_and_the_top_layer_the_last_blocks_output(lay
     with torch.no_grad():
         states = []
         hook = base.transformer.h[min(layer, 2)].register_forward_hook(
-            lambda m, a, out: states.append((a[0] if layer == 0 else out[0] if isinstance(out, tuple) else out))
+            lambda m, a, out: states.append(a[0] if layer == 0 else out[0] if isinstance(out, tuple) else out)
         )
         base(input_ids=ids)
         hook.remove()
