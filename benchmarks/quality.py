@@ -30,6 +30,14 @@ Axes (each a table; mean exact match over tasks, greedy decoding, 3 seeds: mean 
   together, the other 30 trained; against a prompt-LoRA given both codes.
 - `text`: the same split, each task given by its description in words (`"reverse the letters, in uppercase"`):
   the hyper model embeds it with MiniLM (a frozen sentence encoder), the prompt-LoRA reads it in its prompt.
+- `input`: the task is in the input alone: the first letter's range picks the operation (a-f reverse, g-m sort,
+  n-s shift1, t-z rotl), and no model is told it. `hyper, input` generates the LoRA factors of block 1 from the
+  base's own hidden state after block 0, mean-pooled over the prompt (an input condition, layer 1); `LoRA` is one
+  rank-16 PEFT LoRA of every block on the same `word=` prompts (it sees the input too, so it can learn the rule);
+  `LoRA, matched` is one at the hyper model's parameters (rank 525); `hyper, oracle id` is the hyper model told the
+  rule's index (same targets: only the condition differs) and `full FT` the base, both for reference. Besides exact
+  match per rule, what each arm costs: seconds per training step and per generated example, measured in one process
+  by rounds through the arms (`measure_costs`), as ratios to the LoRA.
 """
 
 from __future__ import annotations
@@ -285,12 +293,25 @@ class Setting:
     few_shot_examples: int = 32
     few_shot_steps: int = 100
     ks: tuple[int, ...] = (5, 10, 20, 40)
+    input_test: int = 400  # the input axis: held-out words (about 100 per rule)
+    cost_rounds: int = 5  # the input axis's cost measurement: rounds through the arms, and prompts in a batch
+    cost_batch: int = 64
 
 
 SETTINGS = {
     "full": Setting(steps=1000, batch=64, pretrain_steps=600, n_train=2000, n_test=50),
     "quick": Setting(
-        steps=12, batch=16, pretrain_steps=10, n_train=64, n_test=4, few_shot_examples=4, few_shot_steps=3, ks=(5,)
+        steps=12,
+        batch=16,
+        pretrain_steps=10,
+        n_train=64,
+        n_test=4,
+        few_shot_examples=4,
+        few_shot_steps=3,
+        ks=(5,),
+        input_test=8,
+        cost_rounds=1,
+        cost_batch=4,
     ),
 }
 
@@ -428,6 +449,7 @@ class Result:
     parameters: int  # trainable
     seconds: float  # training wall time
     per_task: dict[str, float]
+    costs: dict[str, float] = field(default_factory=dict)  # input axis: seconds per training step / generation
 
 
 # -- the axes --------------------------------------------------------------------------------------------------
@@ -523,6 +545,146 @@ def run_held_out(axis, base, data, setting, seed, arms, results, encoder=None) -
             f"parameters, {trained.seconds:.0f} s)")  # fmt: skip
 
 
+# -- the input axis: the task is in the input itself -----------------------------------------------------------
+
+# the operation is chosen by the range the input's first letter falls in; nobody is told which rule applies
+INPUT_RULES = (("abcdef", "reverse"), ("ghijklm", "sort"), ("nopqrs", "shift1"), ("tuvwxyz", "rotl"))
+INPUT_TASKS = [Task(list(OPS).index(op), 0) for _, op in INPUT_RULES]
+# layer 1 of the two, mean-pooled: hidden_states[0] (the embeddings; RoPE adds no position to them) pooled is a bag
+# of letters that cannot tell which came first, and at layer 2 no block is left to target. A linear probe on the
+# seed-0 base read the first letter's range from 1000 words at 83% (held out) from layer 1's mean, 47% from its last
+# token (the `=`), 53% from the embeddings' mean, 100% at layer 2
+INPUT_LAYER, INPUT_POOL = 1, "mean"
+INPUT_ARMS = ("hyper, input", "LoRA", "LoRA, matched", "hyper, oracle id", "full FT")
+# the matched LoRA (rank 525) collapsed to 0% at the LoRA's rate on every seed: these arms run it at lower rates
+# (`--input-arms`; not in the default run)
+EXTRA_INPUT_ARMS = ("LoRA, matched, lr 1e-3", "LoRA, matched, lr 3e-4")
+# the rates chosen above (not swept again): hyper models at the hyper's, LoRAs at the prompt-LoRA's
+INPUT_LR = {"hyper, input": LR["hyper"], "hyper, oracle id": LR["hyper"], "LoRA": LR["prompt-LoRA"],
+            "LoRA, matched": LR["prompt-LoRA"], "full FT": LR["full FT"], "LoRA, matched, lr 1e-3": 1e-3,
+            "LoRA, matched, lr 3e-4": 3e-4}  # fmt: skip
+
+
+def rule_of(word: str) -> int:
+    """The index of the rule the word's first letter selects."""
+    return next(i for i, (letters, _) in enumerate(INPUT_RULES) if word[0] in letters)
+
+
+def input_sampler(words: Sequence[str], batch: int, seed: int, oracle: bool) -> Sampler:
+    """Batches of `word=` -> the word's own rule applied to it; the same sequence for every arm given the seed. Only
+    the oracle arm gets the rule's index (a condition)."""
+    rng = random.Random(seed)
+
+    def sample(step: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        chosen = [rng.choice(words) for _ in range(batch)]
+        pairs = [(w + "=", INPUT_TASKS[rule_of(w)](w)) for w in chosen]
+        return pairs, ({"rule": [rule_of(w) for w in chosen]} if oracle else {})
+
+    return sample
+
+
+def input_accuracy(model: Any, arm: str, test: Sequence[str]) -> dict[str, float]:
+    """Exact match per rule (a rule's name: its letters and operation), every test word in one batch."""
+    conditions = {"rule": [rule_of(w) for w in test]} if arm == "hyper, oracle id" else None
+    got = answers(model, [w + "=" for w in test], conditions)
+    scores: dict[str, list[bool]] = {}
+    for w, g in zip(test, got):
+        letters, op = INPUT_RULES[rule_of(w)]
+        scores.setdefault(f"{letters[0]}-{letters[-1]}: {op}", []).append(g == INPUT_TASKS[rule_of(w)](w))
+    return {name: sum(s) / len(s) for name, s in sorted(scores.items())}
+
+
+def lora(base: Any, rank: int) -> Any:
+    """One PEFT LoRA of `rank` on the hyper models' module types, in every block (what a PEFT user would do)."""
+    from peft import LoraConfig, get_peft_model
+
+    one = {"t": {"type": "categorical", "num": 1}}
+    names = HyperConfig(target_modules=TARGETS, conditions=one).matched_modules(base)
+    return get_peft_model(base, LoraConfig(r=rank, lora_alpha=rank, target_modules=names, lora_dropout=0.0))
+
+
+def build_input_arm(arm: str, base: Any, seed: int, matched_rank: int = RANK) -> Any:
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    if arm.startswith("hyper"):
+        condition = (
+            {"content": {"type": "input", "layer": INPUT_LAYER, "pool": INPUT_POOL}}
+            if arm == "hyper, input"
+            else {"rule": {"type": "categorical", "num": len(INPUT_RULES)}}
+        )
+        # the blocks at and above the input's layer: the oracle gets the same targets, so only the condition differs
+        config = HyperConfig(target_modules=TARGETS, layers_to_transform=[INPUT_LAYER], conditions=condition,
+                             rank=RANK, alpha=RANK)  # fmt: skip
+        return get_hyper_model(model, config)
+    if arm == "full FT":
+        return model.requires_grad_(True)
+    return lora(model, RANK if arm == "LoRA" else matched_rank)
+
+
+def measure_costs(models: dict[str, Any], sample: Sampler, test: Sequence[str], rounds: int, batch: int) -> dict:
+    """Seconds per training step (forward, backward, AdamW step, on a copy) and per generated example (one prompt
+    per call, and `batch` prompts in one call), each the median over `rounds` rounds that go through the arms in
+    turn, so the arms share the machine's state; the oracle is given its rule."""
+    times: dict[str, dict[str, list[float]]] = {arm: {"step": [], "one": [], "batched": []} for arm in models}
+    pairs, _ = sample(0)
+    words = list(test[:batch])
+    for _ in range(rounds):
+        for arm, model in models.items():
+            oracle = arm == "hyper, oracle id"
+            copied = copy.deepcopy(model).train()
+            params = trainable_parameters(copied)
+            optimizer = torch.optim.AdamW(params, lr=1e-9, weight_decay=0.0)
+            conditions = {"rule": [rule_of(prompt) for prompt, _ in pairs]} if oracle else {}
+            inputs = training_batch(pairs)
+            for warm in (True, False):
+                start = time.perf_counter()
+                copied(**inputs, **conditions).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if not warm:
+                    times[arm]["step"].append(time.perf_counter() - start)
+            del copied, optimizer
+            start = time.perf_counter()
+            for w in words[:8]:
+                answers(model, [w + "="], {"rule": [rule_of(w)]} if oracle else None)
+            times[arm]["one"].append((time.perf_counter() - start) / len(words[:8]))
+            start = time.perf_counter()
+            answers(model, [w + "=" for w in words], {"rule": [rule_of(w) for w in words]} if oracle else None)
+            times[arm]["batched"].append((time.perf_counter() - start) / len(words))
+    return {arm: {k: statistics.median(v) for k, v in kinds.items()} for arm, kinds in times.items()}
+
+
+def run_input(base, data, setting, seed, arms, results) -> None:
+    """The rule is in the input: each arm trains on `word=` -> the word's rule applied, scored on held-out words."""
+    trained: dict[str, Any] = {}
+    matched_rank = RANK
+    # the rank whose LoRA trains as many parameters as the input-conditioned hyper model
+    if any(arm.startswith("LoRA, matched") for arm in arms):
+        per_rank = trainable(lora(copy.deepcopy(base), 1))
+        matched_rank = max(1, round(trainable(build_input_arm("hyper, input", base, seed)) / per_rank))
+    for arm in arms:
+        model = build_input_arm(arm, base, seed, matched_rank)
+        sample = input_sampler(data.train, setting.batch, seed, oracle=arm == "hyper, oracle id")
+        seconds = fit(model, trainable_parameters(model), sample, steps=setting.steps, lr=INPUT_LR[arm])
+        per_rule = input_accuracy(model, arm, data.test)
+        trained[arm] = model
+        results.append(Result("input", arm, seed, len(INPUT_RULES), _mean(per_rule), trainable(model), seconds,
+                              per_rule))  # fmt: skip
+        rank = f", rank {matched_rank}" if arm.startswith("LoRA, matched") else ""
+        say(f"  {arm:<17} {_mean(per_rule):6.1%}  ({trainable(model):,} parameters{rank}, {seconds:.0f} s)  "
+            + "  ".join(f"{name} {acc:.0%}" for name, acc in per_rule.items()))  # fmt: skip
+    if "LoRA" not in trained:
+        say("  no costs measured: they are ratios to the LoRA, trained in the same process")
+        return
+    costs = measure_costs(trained, input_sampler(data.train, setting.batch, seed, oracle=False), data.test,
+                          rounds=setting.cost_rounds, batch=setting.cost_batch)  # fmt: skip
+    for r in results:
+        if r.axis == "input" and r.seed == seed and r.arm in costs:
+            r.costs = costs[r.arm]
+    say("  costs (ms): " + "; ".join(f"{arm}: step {c['step'] * 1e3:.1f}, one {c['one'] * 1e3:.1f}, batched "
+                                     f"{c['batched'] * 1e3:.2f}" for arm, c in costs.items()))  # fmt: skip
+
+
 def _mean(values: dict[str, float] | Sequence[float]) -> float:
     values = list(values.values()) if isinstance(values, dict) else list(values)
     return sum(values) / len(values)
@@ -534,7 +696,7 @@ def say(*args: Any) -> None:
 
 # -- the report ------------------------------------------------------------------------------------------------
 
-AXES = ("interference", "few_shot", "combos", "text")
+AXES = ("interference", "few_shot", "combos", "text", "input")
 ARMS = ("hyper", "hyper-small", "prompt-LoRA", "LoRA per task", "full FT")
 HELD_OUT_ARMS = ("hyper", "hyper-small", "prompt-LoRA", "full FT")
 
@@ -588,7 +750,44 @@ def tables(results: list[Result]) -> str:
             lines.append(f"| {arm} | {spread([r.accuracy for r in mine])} | {per_seed} | {mine[0].parameters:,} | "
                          f"{seconds:.0f} s |")  # fmt: skip
         lines.append("")
+    lines += input_tables(results)
     return "\n".join(lines)
+
+
+def input_tables(results: list[Result]) -> list[str]:
+    """The input axis: exact match and parameters, per rule, and what each arm costs (ratios to the LoRA's)."""
+    rows = [r for r in results if r.axis == "input"]
+    if not rows:
+        return []
+    seeds = sorted({r.seed for r in rows})
+    arms = list(dict.fromkeys(r.arm for r in rows))
+    rules = list(dict.fromkeys(name for r in rows for name in r.per_task))
+    lines = [f"The rule is in the input: the first letter's range picks the operation, no one is told "
+             f"({len(seeds)} seed(s), {len(rules)} rules)", "",
+             "| arm | exact match | per seed | " + " | ".join(rules) + " | parameters | training time |",
+             "|---|---|---|" + "---|" * len(rules) + "---|---|"]  # fmt: skip
+    for arm in arms:
+        mine = [r for r in rows if r.arm == arm]
+        per_seed = ", ".join(f"{r.accuracy:.0%}" for r in mine)
+        per_rule = [f"{statistics.fmean(r.per_task[n] for r in mine if n in r.per_task):.0%}" for n in rules]
+        lines.append(f"| {arm} | {spread([r.accuracy for r in mine])} | {per_seed} | " + " | ".join(per_rule)
+                     + f" | {mine[0].parameters:,} | {statistics.fmean(r.seconds for r in mine):.0f} s |")  # fmt: skip
+    lines.append("")
+    costed = [r for r in rows if r.costs]
+    if costed:
+        lines += ["What it costs, measured side by side in one process (median of rounds through the arms, mean "
+                  "over seeds; in brackets: to the LoRA)", "",
+                  "| arm | training step | generation, one prompt per call | generation, per prompt of a batch |",
+                  "|---|---|---|---|"]  # fmt: skip
+        cost = {arm: {k: statistics.fmean(r.costs[k] for r in costed if r.arm == arm) for k in ("step", "one",
+                "batched")} for arm in dict.fromkeys(r.arm for r in costed)}  # fmt: skip
+        ref = cost.get("LoRA")
+        for arm, c in cost.items():
+            cells = [f"{c[k] * 1e3:.{2 if k == 'batched' else 1}f} ms" + (f" ({c[k] / ref[k]:.2f}x)" if ref else "")
+                     for k in ("step", "one", "batched")]  # fmt: skip
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -611,8 +810,11 @@ def plot(results: list[Result], path: Path) -> None:
     ks = sorted({r.k for r in interference})
     left.set_xticks(ks, [str(k) for k in ks])
     left.minorticks_off()
-    left.legend(fontsize=8)
-    axes = [a for a in ("few_shot", "combos", "text") if any(r.axis == a for r in results)]
+    if interference:
+        left.legend(fontsize=8)
+    names = {"few_shot": "new task, few shots", "combos": "unseen combination", "text": "unseen description",
+             "input": "rule in the input"}  # fmt: skip
+    axes = [a for a in names if any(r.axis == a for r in results)]
     arms = list(dict.fromkeys(r.arm for r in results if r.axis in axes))
     width = 0.8 / max(len(arms), 1)
     for i, arm in enumerate(arms):
@@ -624,8 +826,7 @@ def plot(results: list[Result], path: Path) -> None:
                 ys.append(statistics.fmean(values))
                 errs.append(statistics.stdev(values) if len(values) > 1 else 0.0)
         right.bar(xs, ys, width, yerr=errs, label=arm, color=color[arm])
-    right.set_xticks(range(len(axes)), ["new task, few shots", "unseen combination", "unseen description"][: len(axes)]
-                     if axes == ["few_shot", "combos", "text"] else axes)  # fmt: skip
+    right.set_xticks(range(len(axes)), [names[a] for a in axes])
     right.set(ylabel="mean exact match", ylim=(0, 1.02), title="Generalisation (mean ± sd over seeds)")
     right.legend(fontsize=7)
     save(fig, path)
@@ -651,6 +852,9 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2; --quick: 0)")
     parser.add_argument("--axes", nargs="+", choices=AXES, default=list(AXES), help="which axes to run")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which arms to train")
+    parser.add_argument("--input-arms", nargs="+", choices=INPUT_ARMS + EXTRA_INPUT_ARMS,
+                        default=list(INPUT_ARMS),
+                        help="which arms the input axis trains")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("out/quality"), help="results.json, tables.md, quality.png")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--report", type=Path, nargs="+", metavar="RESULTS_JSON",
@@ -695,6 +899,10 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                 arms = [a for a in args.arms if a in HELD_OUT_ARMS]
                 text_encoder = encoder if axis == "text" else None
                 run_held_out(axis, base, data, setting, seed, arms, results, encoder=text_encoder)
+        if "input" in args.axes:
+            say(f"seed {seed}: input (the first letter's range picks one of {len(INPUT_RULES)} rules; no one is told)")
+            words = Data(*make_inputs(seed, setting.n_train, setting.input_test))
+            run_input(base, words, setting, seed, args.input_arms, results)
     write_report(results, args.out)
     say(f"done in {time.time() - start:.0f} s ({len(seeds)} seed(s), axes {', '.join(args.axes)})")
     return results

@@ -129,6 +129,19 @@ def test_distill_adapters_quick(tmp_path):
     assert (tmp_path / "distilled" / "hyper_config.json").exists()
 
 
+def test_input_conditions_quick(tmp_path):
+    stdout = _run([sys.executable, str(EXAMPLES / "input_conditions.py"), "--quick", "--out", str(tmp_path)])
+    header = next(line for line in stdout.splitlines() if line.startswith("model "))
+    rules = len(re.findall(r"[a-z]-[a-z]: \w+", header))  # the first letter's ranges, each with its operation
+    assert rules and header.split()[-5:] == ["mean", "trainable", "time", "per", "example"]
+    rows = {}
+    for name in ("base", "LoRA (r16, every block)", "hyper, input layer 1"):
+        row = re.search(rf"^{re.escape(name)} +((?:\d+% +){{{rules + 1}}})([\d,]+) +\d+s +[\d.]+ ms$", stdout, re.M)
+        assert row, name
+        rows[name] = int(row.group(2).replace(",", ""))
+    assert rows["base"] == 0 and rows["LoRA (r16, every block)"] < rows["hyper, input layer 1"]
+
+
 @pytest.mark.parametrize(
     "script",
     [
@@ -138,6 +151,7 @@ def test_distill_adapters_quick(tmp_path):
         "scalar_condition.py",
         "trl_sft_dpo.py",
         "distill_adapters.py",
+        "input_conditions.py",
     ],
 )
 def test_examples_document_how_to_run_them(script):

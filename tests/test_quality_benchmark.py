@@ -64,6 +64,18 @@ def test_every_arm_sees_the_same_batches():
         assert [code + prompt_h for code, (prompt_h, _) in zip(codes, h)] == [q for q, _ in p]
 
 
+def test_the_input_axis_rule_is_the_first_letters_range_and_nobody_is_told():
+    assert "".join(letters for letters, _ in quality.INPUT_RULES) == quality.LETTERS  # every word has one rule
+    assert [quality.rule_of(w) for w in ("bdca", "mab", "sort", "zyx")] == [0, 1, 2, 3]
+    plain = quality.input_sampler(["bdca", "mab", "sort", "zyx"], 8, 3, oracle=False)
+    oracle = quality.input_sampler(["bdca", "mab", "sort", "zyx"], 8, 3, oracle=True)
+    want = {"bdca=": "acdb", "mab=": "abm", "sort=": "tpsu", "zyx=": "yxz"}  # reverse, sort, shift1, rotl
+    for step in range(3):
+        (pairs, none), (same, told) = plain(step), oracle(step)
+        assert none == {} and pairs == same and all(want[p] == a for p, a in pairs)  # the prompt is the word alone
+        assert told["rule"] == [quality.rule_of(p) for p, _ in pairs]
+
+
 def test_few_shot_trains_only_the_new_tasks_embedding_row():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -90,7 +102,7 @@ def test_few_shot_trains_only_the_new_tasks_embedding_row():
 def test_quick_run_writes_every_table_the_json_and_the_plot(tmp_path, capsys):
     results = quality.main(["--quick", "--out", str(tmp_path)])
     axes = {r.axis for r in results}
-    assert axes == {"interference", "few_shot", "combos", "combos (trained)", "text", "text (trained)"}
+    assert axes == {"interference", "few_shot", "combos", "combos (trained)", "text", "text (trained)", "input"}
     arms = {r.arm for r in results if r.axis == "interference"}
     assert arms == set(quality.ARMS)
     assert {r.arm for r in results if r.axis == "few_shot"} == set(quality.FEW_SHOT_ARMS)
@@ -98,7 +110,14 @@ def test_quick_run_writes_every_table_the_json_and_the_plot(tmp_path, capsys):
     assert counts["LoRA per task"] == 5 * counts["prompt-LoRA"]
     assert abs(counts["hyper-small"] / counts["prompt-LoRA"] - 1) < 0.15  # matched parameters
     tables, printed = (tmp_path / "tables.md").read_text(), capsys.readouterr().out
-    for title in ("Interference", "A new task from", "Unseen combinations", "Unseen tasks described in words"):
+    by_arm = {r.arm: r for r in results if r.axis == "input"}
+    assert list(by_arm) == list(quality.INPUT_ARMS)
+    assert abs(by_arm["LoRA, matched"].parameters / by_arm["hyper, input"].parameters - 1) < 0.01
+    assert by_arm["LoRA"].parameters == counts["prompt-LoRA"]  # the same LoRA, no task code to read
+    assert all(set(r.costs) == {"step", "one", "batched"} and min(r.costs.values()) > 0 for r in by_arm.values())
+    titles = ("Interference", "A new task from", "Unseen combinations", "Unseen tasks described in words",
+              "The rule is in the input", "What it costs")  # fmt: skip
+    for title in titles:
         assert title in tables and title in printed
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved) == len(results) and all(0.0 <= r["accuracy"] <= 1.0 for r in saved)
