@@ -631,3 +631,55 @@ def test_merge_names_a_prompt_of_several_rows():
     with pytest.raises(ValueError, match="prompt= holds 2 examples \\(rows\\), expected 1"):
         hyper.merge_and_unload(prompt=_ids(2, 4), task="copy")
     assert hyper(input_ids=_ids(1, 4), task="copy").logits.shape == (1, 4, VOCAB)  # the failed merge changed nothing
+
+
+# -- from the second review ------------------------------------------------------------------------------------
+
+
+def test_a_cache_under_any_keyword_is_refused_in_forward_and_generate():
+    hyper = _hyper(task=False)
+    prompt = _ids(1, 6)
+    with torch.no_grad():
+        out = hyper(input_ids=prompt, use_cache=True)
+        cache = out.past_key_values
+        for keyword in ("past_key_values", "cache"):
+            with pytest.raises(ValueError, match="continues from a cache of earlier tokens"):
+                hyper(input_ids=prompt[:, -1:], **{keyword: cache})
+        with pytest.raises(ValueError, match="prefix caching"):
+            hyper.generate(input_ids=torch.cat([prompt, prompt], 1), past_key_values=cache, max_new_tokens=2)
+
+
+def test_paged_generation_is_refused_for_every_hyper_model():
+    from transformers import GenerationConfig
+
+    hyper = _hyper()
+    ids = _ids(1, 4)
+    with pytest.raises(ValueError, match="continuous batching"):
+        hyper.generate(input_ids=ids, task=0, max_new_tokens=2, cache_implementation="paged")
+    with pytest.raises(ValueError, match="continuous batching"):
+        hyper.generate(input_ids=ids, task=0, generation_config=GenerationConfig(cache_implementation="paged"))
+
+
+def test_generate_takes_the_models_pad_token_when_the_given_config_has_none_and_embeddings_with_ids():
+    from transformers import GenerationConfig
+
+    hyper = _hyper(task=False)
+    prompt = _ids(1, 5)
+    left = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], 1)
+    settings = GenerationConfig(max_new_tokens=4, do_sample=False)  # no pad_token_id: the model's (0) applies
+    with torch.no_grad():
+        masked = hyper.generate(input_ids=left, attention_mask=(left != 0).long(), generation_config=settings)
+        inferred = hyper.generate(input_ids=left, generation_config=settings)
+        embeds = hyper.get_input_embeddings()(prompt)
+        both = hyper.generate(input_ids=prompt, inputs_embeds=embeds, max_new_tokens=3, do_sample=False)
+        ids_only = hyper.generate(input_ids=prompt, max_new_tokens=3, do_sample=False)
+    assert inferred.tolist() == masked.tolist()
+    assert both[:, -3:].tolist() == ids_only[:, -3:].tolist()
+
+
+def test_a_collated_row_without_a_prompt_names_the_labels():
+    from hyperlight.training import HyperDataCollator
+
+    collate = HyperDataCollator([], prompt_mask=True)
+    with pytest.raises(ValueError, match=r"example\(s\) \[1\] of the batch have no prompt token.*-100"):
+        collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5, 6, 7], "labels": [5, 6, 7]}])

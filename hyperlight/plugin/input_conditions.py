@@ -17,6 +17,7 @@ token sees a later one, so the pooled prompt never depends on the completion, on
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -149,7 +150,7 @@ class InputConditions:
         self._reads_output = {s.layer: s.layer == len(blocks) for s in self.specs.values()}
         # targets outside the blocks run where the module order says; a hook refuses one that runs too early
         modules = dict(model.named_modules())
-        self._outside = [modules[t] for t in targets if not t.startswith(f"{blocks_name}.")]
+        self._outside = {t: modules[t] for t in targets if not t.startswith(f"{blocks_name}.")}
         # what the generator's gradient would reach under reentrant checkpointing, where it cannot (see `hyper`)
         lower = [embeddings, *blocks[:top]]
         self.lower_parameters = [p for m in lower for p in m.parameters()]
@@ -163,8 +164,9 @@ class InputConditions:
                 self._handles.append(module.register_forward_hook(self._on_layer_output))
             else:
                 self._handles.append(module.register_forward_pre_hook(self._on_layer_input, with_kwargs=True))
-        for module in self._outside:
-            self._handles.append(module.register_forward_pre_hook(self._refuse_early_target))
+        for name, module in self._outside.items():
+            refuse = functools.partial(self._refuse_early_target, name)
+            self._handles.append(module.register_forward_pre_hook(refuse))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -242,17 +244,17 @@ class InputConditions:
             )
 
     def _on_layer_input(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        hidden = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("hidden_states")
+        hidden = args[0] if args else kwargs.get("hidden_states")
         self._read(module, hidden, output=False)
 
     def _on_layer_output(self, module: nn.Module, args: Any, output: Any) -> None:
         self._read(module, output if isinstance(output, Tensor) else output[0], output=True)
 
-    def _refuse_early_target(self, module: nn.Module, args: Any) -> None:
+    def _refuse_early_target(self, name: str, module: nn.Module, args: Any) -> None:
         call = _CALLS.get().get(id(self))
         if call is not None and not call.done:
             raise RuntimeError(
-                f"a target ({type(module).__name__}) ran before the hidden state of the input conditions "
+                f"the target '{name}' ran before the hidden state of the input conditions "
                 f"({self.describe()}) existed, so it would compute without its generated weights; this model runs a "
                 "module registered after its blocks before them. Leave that module out of target_modules"
             )
@@ -285,8 +287,7 @@ class InputConditions:
         for key in ("cu_seq_lens_q", "cu_seq_lens_k"):
             if given.get(key) is not None:
                 raise NotImplementedError(_PACKED)
-        cache = given.get("past_key_values")
-        if cache is not None and callable(getattr(cache, "get_seq_length", None)) and cache.get_seq_length() > 0:
+        if holds_cache(given):
             raise ValueError(
                 "this call continues from a cache of earlier tokens, so it cannot see the prompt its input conditions "
                 f"({self.describe()}) are computed from; generate with hyper.generate(...), which fixes the weights "
@@ -311,9 +312,12 @@ class InputConditions:
         given = {k: v for k, v in inputs.items() if v is not None}
         mask = prompt_tokens(given, labels=None, prompt_mask=given.pop("prompt_mask", None))
         call = {k: given[k] for k in ("input_ids", "inputs_embeds", "attention_mask") if k in given}
+        if "inputs_embeds" in call:  # generate may take both (the ids to extend, the embeddings to start from)
+            call.pop("input_ids", None)
         for key, value in given.items():  # per-token inputs the base takes (token_type_ids, ...), as the call has them
             per_token = isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == tuple(mask.shape)
-            if key not in call and key not in ("position_ids", "labels") and per_token and _takes(accepted, key):
+            skipped = ("input_ids", "position_ids", "labels")  # the ids were chosen above; positions are made below
+            if key not in call and key not in skipped and per_token and _takes(accepted, key):
                 call[key] = value
         attention = call.get("attention_mask")
         if isinstance(attention, Tensor) and attention.dim() == 2 and _takes(accepted, "position_ids"):
@@ -339,6 +343,11 @@ _PACKED = (
     "or packed batches: position_ids that restart, or cu_seq_lens): pooling would mix examples. Train with padding "
     "(TRL: padding_free=False, packing=False)"
 )
+
+
+def holds_cache(given: Mapping[str, Any]) -> bool:
+    """Whether a call's arguments hold a cache of earlier tokens (`past_key_values`, `cache`: any name)."""
+    return any(callable(getattr(v, "get_seq_length", None)) and v.get_seq_length() > 0 for v in given.values())
 
 
 def _takes(accepted: frozenset[str] | None, keyword: str) -> bool:
@@ -513,9 +522,14 @@ def prompt_inputs(prompt: Any, device: torch.device) -> dict[str, Any]:
 def generation_attention_mask(base: nn.Module, input_ids: Tensor, kwargs: Mapping[str, Any]) -> Tensor | None:
     """The attention mask `generate` infers when none is given: padding tokens (`pad_token_id`, when it is in the
     input and is not the end-of-sequence token) are left out; otherwise None (every token counts)."""
-    config = kwargs.get("generation_config") or getattr(base, "generation_config", None)
-    pad = kwargs.get("pad_token_id", getattr(config, "pad_token_id", None))
-    eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+    # a keyword, else the given generation config, else the model's own (Transformers fills the fields left None)
+    configs = [kwargs.get("generation_config"), getattr(base, "generation_config", None)]
+
+    def setting(name: str) -> Any:
+        found = [kwargs.get(name)] + [getattr(c, name, None) for c in configs if c is not None]
+        return next((v for v in found if v is not None), None)
+
+    pad, eos = setting("pad_token_id"), setting("eos_token_id")
     if pad is None or not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         return None
     pads = torch.as_tensor(pad, device=input_ids.device).reshape(-1)

@@ -33,6 +33,7 @@ from .config import HyperConfig
 from .input_conditions import (
     InputConditions,
     generation_attention_mask,
+    holds_cache,
     input_condition_names,
     resolve_input_dims,
 )
@@ -458,6 +459,18 @@ class HyperModel(nn.Module):
         self._refuse_given_inputs(kwargs)
         if self._adapter_disabled():
             return self._base.generate(*args, **kwargs)
+        paged = getattr(kwargs.get("generation_config"), "cache_implementation", None) == "paged"
+        if kwargs.get("cache_implementation") == "paged" or paged:
+            raise ValueError(
+                "cache_implementation='paged' makes Transformers generate through continuous batching, on a worker "
+                "thread outside this call, with the pretrained weights; use the default cache"
+            )
+        if self._inputs is not None and holds_cache(kwargs):
+            raise ValueError(
+                "generate was given a cache of earlier tokens (prefix caching), computed without the weights this "
+                f"prompt's input conditions ({self._inputs.describe()}) generate; build the prefix's cache inside "
+                "`with hyper.conditioned(prompt=<the whole prompt>)` with the base model, or generate without it"
+            )
         if self._inputs is not None:  # from the prompt, once: generated tokens never change the weights
             prompt = {k: kwargs.get(k) for k in ("input_ids", "attention_mask", "inputs_embeds")}
             if prompt["input_ids"] is None:

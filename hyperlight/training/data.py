@@ -90,7 +90,16 @@ class HyperDataCollator:
                 )
             from ..plugin.input_conditions import prompt_mask_from_labels
 
-            batch["prompt_mask"] = prompt_mask_from_labels(batch["labels"], batch.get("attention_mask"))
+            prompt = prompt_mask_from_labels(batch["labels"], batch.get("attention_mask"))
+            empty = (prompt.sum(-1) == 0).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(
+                    f"example(s) {empty[:16]} of the batch have no prompt token: the prompt is the attended tokens "
+                    "before the first labelled one (label != -100), and these rows label their first token. Mask the "
+                    "prompt's labels with -100 (TRL's SFT does so for prompt/completion data, and for messages with "
+                    "assistant_only_loss=True; a plain `text` column labels everything)"
+                )
+            batch["prompt_mask"] = prompt
         return batch
 
 
