@@ -38,6 +38,11 @@ Axes (each a table; mean exact match over tasks, greedy decoding, 3 seeds: mean 
   rule's index (same targets: only the condition differs) and `full FT` the base, both for reference. Besides exact
   match per rule, what each arm costs: seconds per training step and per generated example, measured in one process
   by rounds through the arms (`measure_costs`), as ratios to the LoRA.
+- `input_code`: the interference setting at K = 20 and 40 (same tasks, inputs, batches and order), where the hyper
+  model gets the prompt-LoRA's exact prompt (`07:word=`) and no task id: `hyper, reads the code` generates block 1's
+  factors from the base's hidden state after block 0 pooled over that prompt (an input condition, layer 1);
+  `hyper, task id, block 1` is the same model told the task id (same targets: only the condition differs);
+  `prompt-LoRA` is the interference axis's (every block). Does reading the code route as well as being told it?
 """
 
 from __future__ import annotations
@@ -685,6 +690,53 @@ def run_input(base, data, setting, seed, arms, results) -> None:
                                      f"{c['batched'] * 1e3:.2f}" for arm, c in costs.items()))  # fmt: skip
 
 
+# -- the code axis: the prompt-LoRA's own prompt, read by an input condition ------------------------------------
+
+# `hyper, reads the code` gets the prompt-LoRA's exact prompt (`07:word=`) and no task id: the generator reads the
+# base's hidden state after block 0 (layer 1), pooled over that prompt, and generates block 1's factors. The pool was
+# chosen on seed 0 at K = 40 between "mean" and "last" (the other runs with `--input-code-arms`)
+INPUT_CODE_POOL = "mean"
+INPUT_CODE_ARMS = ("hyper, reads the code", "hyper, task id, block 1", "prompt-LoRA")
+EXTRA_INPUT_CODE_ARMS = ("hyper, reads the code, last", "hyper, reads the code, mean")
+INPUT_CODE_KS = (20, 40)
+
+
+def build_input_code_arm(arm: str, base: Any, id_space: list[Task], seed: int) -> tuple[Any, Telling]:
+    """The code axis's arms: the hyper models target block 1 alone (`layers_to_transform=[INPUT_LAYER]`) and differ
+    only in their condition; the prompt-LoRA is the interference axis's (every block, the code in the prompt)."""
+    if arm == "prompt-LoRA":
+        telling = telling_for(arm, "id", id_space)
+        return build(arm, base, telling, seed), telling
+    if arm == "hyper, task id, block 1":
+        telling = Telling("conditions", "id", id_space)
+        condition = telling.hyper_conditions()
+    else:  # the code in the prompt, no condition given: the prompt-LoRA's telling
+        telling = Telling("prompt", "id", id_space)
+        pool = arm.rsplit(", ", 1)[1] if arm in EXTRA_INPUT_CODE_ARMS else INPUT_CODE_POOL
+        condition = {"content": {"type": "input", "layer": INPUT_LAYER, "pool": pool}}
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    config = HyperConfig(target_modules=TARGETS, layers_to_transform=[INPUT_LAYER], conditions=condition, rank=RANK,
+                         alpha=RANK)  # fmt: skip
+    return get_hyper_model(model, config), telling
+
+
+def run_input_code(base, data, setting, seed, arms, ks, results) -> None:
+    """K tasks trained together, as the interference axis (same tasks, inputs, batches and order, rates per kind):
+    the hyper model that reads the task code from its prompt against the prompt-LoRA reading the same prompt and the
+    hyper model told the task id on the same targets."""
+    for k in ks:
+        tasks, id_space = ORDER[:k], ORDER[: k + NEW_TASKS]
+        for arm in arms:
+            model, telling = build_input_code_arm(arm, base, id_space, seed)
+            sample = telling.sampler(tasks, data.train, setting.batch, seed)
+            seconds = fit(model, trainable_parameters(model), sample, steps=setting.steps,
+                          lr=LR["prompt-LoRA" if arm == "prompt-LoRA" else "hyper"])  # fmt: skip
+            per_task = telling.accuracy(model, tasks, data.test)
+            results.append(Result("input_code", arm, seed, k, _mean(per_task), trainable(model), seconds, per_task))
+            say(f"  K={k:<3} {arm:<28} {_mean(per_task):6.1%}  ({trainable(model):,} parameters, {seconds:.0f} s)")
+
+
 def _mean(values: dict[str, float] | Sequence[float]) -> float:
     values = list(values.values()) if isinstance(values, dict) else list(values)
     return sum(values) / len(values)
@@ -696,7 +748,7 @@ def say(*args: Any) -> None:
 
 # -- the report ------------------------------------------------------------------------------------------------
 
-AXES = ("interference", "few_shot", "combos", "text", "input")
+AXES = ("interference", "few_shot", "combos", "text", "input", "input_code")
 ARMS = ("hyper", "hyper-small", "prompt-LoRA", "LoRA per task", "full FT")
 HELD_OUT_ARMS = ("hyper", "hyper-small", "prompt-LoRA", "full FT")
 
@@ -713,23 +765,7 @@ def tables(results: list[Result]) -> str:
     """Markdown tables: one per axis, an arm per row; seeds pooled as mean ± standard deviation."""
     lines: list[str] = []
     seeds = sorted({r.seed for r in results})
-    by: dict[tuple[str, str, int], list[Result]] = {}
-    for r in results:
-        by.setdefault((r.axis, r.arm, r.k), []).append(r)
-    interference = [r for r in results if r.axis == "interference"]
-    if interference:
-        ks = sorted({r.k for r in interference})
-        arms = list(dict.fromkeys(r.arm for r in interference))
-        lines += [f"Interference: mean exact match over the K tasks trained together ({len(seeds)} seed(s)); "
-                  "trainable parameters and training time at the largest K", "",
-                  "| arm | " + " | ".join(f"K = {k}" for k in ks) + " | parameters | training time |",
-                  "|---|" + "---|" * (len(ks) + 2)]  # fmt: skip
-        for arm in arms:
-            cells = [spread([r.accuracy for r in by.get(("interference", arm, k), [])]) for k in ks]
-            last = by[("interference", arm, ks[-1])]
-            seconds = statistics.fmean(r.seconds for r in last)
-            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {last[0].parameters:,} | {seconds:.0f} s |")
-        lines.append("")
+    lines += k_table(results, "interference", "Interference: mean exact match over the K tasks trained together")
     titles = {
         "few_shot": "A new task from {k} examples (mean over 4 new tasks; parameters trained per new task)",
         "combos": "Unseen combinations: op x case pairs never trained together ({k} pairs trained)",
@@ -751,7 +787,28 @@ def tables(results: list[Result]) -> str:
                          f"{seconds:.0f} s |")  # fmt: skip
         lines.append("")
     lines += input_tables(results)
+    code_title = (f"The task code in the prompt, read by an input condition (layer {INPUT_LAYER}) or by a LoRA, "
+                  "against a task id on the same block: mean exact match over K tasks")  # fmt: skip
+    lines += k_table(results, "input_code", code_title)
     return "\n".join(lines)
+
+
+def k_table(results: list[Result], axis: str, title: str) -> list[str]:
+    """One row per arm, one column per K (mean ± sd over seeds); parameters and training time at the largest K."""
+    rows = [r for r in results if r.axis == axis]
+    if not rows:
+        return []
+    seeds = sorted({r.seed for r in rows})
+    ks = sorted({r.k for r in rows})
+    lines = [f"{title} ({len(seeds)} seed(s)); trainable parameters and training time at the largest K", "",
+             "| arm | " + " | ".join(f"K = {k}" for k in ks) + " | parameters | training time |",
+             "|---|" + "---|" * (len(ks) + 2)]  # fmt: skip
+    for arm in dict.fromkeys(r.arm for r in rows):
+        cells = [spread([r.accuracy for r in rows if r.arm == arm and r.k == k] or [float("nan")]) for k in ks]
+        last = [r for r in rows if r.arm == arm and r.k == max(r.k for r in rows if r.arm == arm)]
+        seconds = statistics.fmean(r.seconds for r in last)
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {last[0].parameters:,} | {seconds:.0f} s |")
+    return [*lines, ""]
 
 
 def input_tables(results: list[Result]) -> list[str]:
@@ -828,7 +885,8 @@ def plot(results: list[Result], path: Path) -> None:
         right.bar(xs, ys, width, yerr=errs, label=arm, color=color[arm])
     right.set_xticks(range(len(axes)), [names[a] for a in axes])
     right.set(ylabel="mean exact match", ylim=(0, 1.02), title="Generalisation (mean ± sd over seeds)")
-    right.legend(fontsize=7)
+    if arms:
+        right.legend(fontsize=7)
     save(fig, path)
 
 
@@ -855,6 +913,9 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser.add_argument("--input-arms", nargs="+", choices=INPUT_ARMS + EXTRA_INPUT_ARMS,
                         default=list(INPUT_ARMS),
                         help="which arms the input axis trains")  # fmt: skip
+    parser.add_argument("--input-code-arms", nargs="+", choices=INPUT_CODE_ARMS + EXTRA_INPUT_CODE_ARMS,
+                        default=list(INPUT_CODE_ARMS), help="which arms the input_code axis trains")  # fmt: skip
+    parser.add_argument("--input-code-ks", type=int, nargs="+", help="the input_code axis's K (default: 20 40)")
     parser.add_argument("--out", type=Path, default=Path("out/quality"), help="results.json, tables.md, quality.png")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--report", type=Path, nargs="+", metavar="RESULTS_JSON",
@@ -903,6 +964,10 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
             say(f"seed {seed}: input (the first letter's range picks one of {len(INPUT_RULES)} rules; no one is told)")
             words = Data(*make_inputs(seed, setting.n_train, setting.input_test))
             run_input(base, words, setting, seed, args.input_arms, results)
+        if "input_code" in args.axes:
+            ks = args.input_code_ks or (setting.ks if args.quick else INPUT_CODE_KS)
+            say(f"seed {seed}: input_code (K = {', '.join(map(str, ks))}; the task code in the prompt)")
+            run_input_code(base, data, setting, seed, args.input_code_arms, ks, results)
     write_report(results, args.out)
     say(f"done in {time.time() - start:.0f} s ({len(seeds)} seed(s), axes {', '.join(args.axes)})")
     return results

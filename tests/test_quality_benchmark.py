@@ -76,6 +76,23 @@ def test_the_input_axis_rule_is_the_first_letters_range_and_nobody_is_told():
         assert told["rule"] == [quality.rule_of(p) for p, _ in pairs]
 
 
+def test_the_code_reading_hyper_model_gets_the_prompt_loras_prompt_and_no_condition():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(quality.VOCAB) + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    base, ids = LlamaForCausalLM(config), quality.ORDER[:9]
+    built = {arm: quality.build_input_code_arm(arm, base, ids, 0) for arm in quality.INPUT_CODE_ARMS}
+    samples = {arm: t.sampler(ids[:5], ["abcd", "efgh"], 6, 3)(0) for arm, (_, t) in built.items()}
+    (reads, none), (lora, nothing) = samples["hyper, reads the code"], samples["prompt-LoRA"]
+    assert reads == lora and none == nothing == {} and reads[0][0][2] == ":"  # `07:word=`, no task id
+    pairs, told = samples["hyper, task id, block 1"]
+    assert [a for _, a in pairs] == [a for _, a in lora] and len(told["task"]) == 6 and pairs[0][0][-1] == "="
+    hyper = built["hyper, reads the code"][0]
+    targeted = {n.split("layers.")[1][0] for n, m in hyper.named_modules() if type(m).__name__ == "LowRankLinear"}
+    assert targeted == {"1"}  # block 1 alone, as the task-id arm
+
+
 def test_few_shot_trains_only_the_new_tasks_embedding_row():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -102,7 +119,8 @@ def test_few_shot_trains_only_the_new_tasks_embedding_row():
 def test_quick_run_writes_every_table_the_json_and_the_plot(tmp_path, capsys):
     results = quality.main(["--quick", "--out", str(tmp_path)])
     axes = {r.axis for r in results}
-    assert axes == {"interference", "few_shot", "combos", "combos (trained)", "text", "text (trained)", "input"}
+    assert axes == {"interference", "few_shot", "combos", "combos (trained)", "text", "text (trained)", "input",
+                    "input_code"}  # fmt: skip
     arms = {r.arm for r in results if r.axis == "interference"}
     assert arms == set(quality.ARMS)
     assert {r.arm for r in results if r.axis == "few_shot"} == set(quality.FEW_SHOT_ARMS)
@@ -115,8 +133,11 @@ def test_quick_run_writes_every_table_the_json_and_the_plot(tmp_path, capsys):
     assert abs(by_arm["LoRA, matched"].parameters / by_arm["hyper, input"].parameters - 1) < 0.01
     assert by_arm["LoRA"].parameters == counts["prompt-LoRA"]  # the same LoRA, no task code to read
     assert all(set(r.costs) == {"step", "one", "batched"} and min(r.costs.values()) > 0 for r in by_arm.values())
+    code = {r.arm: r for r in results if r.axis == "input_code"}
+    assert list(code) == list(quality.INPUT_CODE_ARMS) and code["prompt-LoRA"].parameters == counts["prompt-LoRA"]
+    assert abs(code["hyper, reads the code"].parameters / code["hyper, task id, block 1"].parameters - 1) < 0.01
     titles = ("Interference", "A new task from", "Unseen combinations", "Unseen tasks described in words",
-              "The rule is in the input", "What it costs")  # fmt: skip
+              "The rule is in the input", "What it costs", "The task code in the prompt")  # fmt: skip
     for title in titles:
         assert title in tables and title in printed
     saved = json.loads((tmp_path / "results.json").read_text())
