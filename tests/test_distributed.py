@@ -131,13 +131,22 @@ def test_text_conditions_two_processes_equal_one_and_reload(single_text, tmp_pat
     _assert_reloads_to_probe(tmp_path, text=True)
 
 
-def test_input_conditions_two_processes_equal_one_and_reload(tmp_path_factory, tmp_path):
-    """Weights from each prompt's own hidden state (an input condition) with a task id: DDP's two processes, each
-    pooling its own rows' prompts in the same forward, train the generator as one process does on the whole
-    batches, and the checkpoint reloads to the same outputs."""
-    single = tmp_path_factory.mktemp("single-input")
-    steps = ["--steps", "8", "--optimizer", "sgd", "--lr", "1.0"]  # one block of targets learns more slowly
-    _run([sys.executable, str(SCRIPT), "--input"], single, steps)
-    _run([*LAUNCHES["torchrun-ddp"], "--input"], tmp_path, steps)
-    _assert_trained_as_one(tmp_path, single)
+INPUT_STEPS = ["--steps", "8", "--optimizer", "sgd", "--lr", "1.0"]  # one block of targets learns more slowly
+
+
+@pytest.fixture(scope="module")
+def single_input(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single-input")
+    _run([sys.executable, str(SCRIPT), "--input"], out, INPUT_STEPS)
+    return out
+
+
+@pytest.mark.parametrize("launch", ["torchrun-ddp", "torchrun-fsdp2"])
+def test_input_conditions_two_processes_equal_one_and_reload(single_input, tmp_path, launch):
+    """Weights from each prompt's own hidden state (an input condition) with a task id: two processes (DDP, or FSDP2
+    with each block sharded), each pooling its own rows' prompts in the same forward, train the generator as one
+    process does on the whole batches, and the checkpoint reloads to the same outputs."""
+    _run([*LAUNCHES[launch], "--input"], tmp_path, INPUT_STEPS)
+    record = _assert_trained_as_one(tmp_path, single_input)
+    assert record["fsdp_sharded"] == ("fsdp" in launch)
     _assert_reloads_to_probe(tmp_path, from_input=True)
