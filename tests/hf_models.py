@@ -25,13 +25,13 @@ def _seeded(fn: Callable[[], torch.nn.Module], seed: int = 0) -> torch.nn.Module
     return model.eval()
 
 
-def _decoder(vocab: int, hidden: int, intermediate: int, positions: int) -> dict[str, int]:
+def _decoder(vocab: int, hidden: int, intermediate: int, positions: int, layers: int = 2) -> dict[str, int]:
     """The shape shared by the tiny Llama and Qwen2 models."""
     return dict(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=intermediate,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=positions,
@@ -41,10 +41,10 @@ def _decoder(vocab: int, hidden: int, intermediate: int, positions: int) -> dict
     )
 
 
-def llama(vocab: int = VOCAB, hidden: int = 32, intermediate: int = 64, positions: int = 64):
+def llama(vocab: int = VOCAB, hidden: int = 32, intermediate: int = 64, positions: int = 64, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(**_decoder(vocab, hidden, intermediate, positions)))
+    return LlamaForCausalLM(LlamaConfig(**_decoder(vocab, hidden, intermediate, positions, layers)))
 
 
 def qwen2():

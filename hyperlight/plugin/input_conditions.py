@@ -314,9 +314,9 @@ class InputConditions:
         call = {k: given[k] for k in ("input_ids", "inputs_embeds", "attention_mask") if k in given}
         if "inputs_embeds" in call:  # generate may take both (the ids to extend, the embeddings to start from)
             call.pop("input_ids", None)
+        skipped = ("input_ids", "position_ids", "labels")  # the ids were chosen above; positions are made below
         for key, value in given.items():  # per-token inputs the base takes (token_type_ids, ...), as the call has them
             per_token = isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == tuple(mask.shape)
-            skipped = ("input_ids", "position_ids", "labels")  # the ids were chosen above; positions are made below
             if key not in call and key not in skipped and per_token and _takes(accepted, key):
                 call[key] = value
         attention = call.get("attention_mask")
@@ -391,15 +391,19 @@ def prompt_tokens(given: Mapping[str, Any], *, labels: Any, prompt_mask: Any) ->
         why = "prompt_mask marks none of their attended tokens"
     elif isinstance(labels, Tensor) and tuple(labels.shape) == size:
         mask &= prompt_mask_from_labels(labels, mask).to(mask.device) != 0
-        why = (
-            "a causal LM given labels takes as the prompt the attended tokens before the first labelled one (label != "
-            "-100), and these rows label their first token. Mask the prompt's labels with -100 (a completion-only "
-            "loss, as TRL's SFT does for prompt/completion data), or pass prompt_mask=(B, T)"
-        )
+        why = f"{NO_PROMPT_BEFORE_LABELS}, or pass prompt_mask=(B, T)"
     else:
         why = "they have no attended token (attention_mask is all 0)"
     _refuse_rows(~mask.any(-1), f"have no prompt token: {why}", lambda rows: ValueError(rows))
     return mask
+
+
+# why a row whose prompt is read from its labels has none, and how to give it one
+NO_PROMPT_BEFORE_LABELS = (
+    "the prompt is the attended tokens before the first labelled one (label != -100), and these rows label their "
+    "first token. Mask the prompt's labels with -100 (a completion-only loss, as TRL's SFT does for prompt/completion "
+    "data and for messages with assistant_only_loss=True; a plain `text` column labels everything)"
+)
 
 
 def prompt_mask_from_labels(labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:

@@ -465,13 +465,13 @@ class HyperModel(nn.Module):
                 "cache_implementation='paged' makes Transformers generate through continuous batching, on a worker "
                 "thread outside this call, with the pretrained weights; use the default cache"
             )
-        if self._inputs is not None and holds_cache(kwargs):
-            raise ValueError(
-                "generate was given a cache of earlier tokens (prefix caching), computed without the weights this "
-                f"prompt's input conditions ({self._inputs.describe()}) generate; build the prefix's cache inside "
-                "`with hyper.conditioned(prompt=<the whole prompt>)` with the base model, or generate without it"
-            )
         if self._inputs is not None:  # from the prompt, once: generated tokens never change the weights
+            if holds_cache(kwargs):
+                raise ValueError(
+                    "generate was given a cache of earlier tokens (prefix caching), computed without the weights this "
+                    f"prompt's input conditions ({self._inputs.describe()}) generate; build the prefix's cache inside "
+                    "`with hyper.conditioned(prompt=<the whole prompt>)` with the base model, or generate without it"
+                )
             prompt = {k: kwargs.get(k) for k in ("input_ids", "attention_mask", "inputs_embeds")}
             if prompt["input_ids"] is None:
                 prompt["input_ids"] = kwargs.get("inputs", args[0] if args else None)

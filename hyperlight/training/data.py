@@ -88,17 +88,13 @@ class HyperDataCollator:
                     "prompt_mask=True marks each row's prompt by its labels (the tokens before the first labelled "
                     f"one), and this batch has no (B, T) labels (keys: {sorted(batch)}); give the collator labels"
                 )
-            from ..plugin.input_conditions import prompt_mask_from_labels
+            from ..plugin.input_conditions import NO_PROMPT_BEFORE_LABELS, prompt_mask_from_labels
 
             prompt = prompt_mask_from_labels(batch["labels"], batch.get("attention_mask"))
             empty = (prompt.sum(-1) == 0).nonzero().flatten().tolist()
             if empty:
-                raise ValueError(
-                    f"example(s) {empty[:16]} of the batch have no prompt token: the prompt is the attended tokens "
-                    "before the first labelled one (label != -100), and these rows label their first token. Mask the "
-                    "prompt's labels with -100 (TRL's SFT does so for prompt/completion data, and for messages with "
-                    "assistant_only_loss=True; a plain `text` column labels everything)"
-                )
+                rows = f"example(s) {empty[:16]} of the batch"
+                raise ValueError(f"{rows} have no prompt token: {NO_PROMPT_BEFORE_LABELS}")
             batch["prompt_mask"] = prompt
         return batch
 
